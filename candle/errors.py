@@ -1,0 +1,36 @@
+"""Exception classes. Every error candle raises on purpose is a ``CandleError``."""
+
+from __future__ import annotations
+
+__all__ = [
+    "CandleError",
+    "CheckpointError",
+    "ConfigError",
+    "NonFiniteLossError",
+    "StrategyError",
+    "TrainingError",
+]
+
+
+class CandleError(Exception):
+    """Base class of all errors raised by candle."""
+
+
+class ConfigError(CandleError, ValueError):
+    """A parameter, config file, environment variable or command-line override is invalid."""
+
+
+class CheckpointError(CandleError):
+    """A checkpoint is missing, corrupt, truncated or does not match the run."""
+
+
+class TrainingError(CandleError):
+    """Training could not go on (the run is recorded as failed)."""
+
+
+class NonFiniteLossError(TrainingError):
+    """The training loss became NaN or infinite."""
+
+
+class StrategyError(CandleError):
+    """A distributed strategy was asked for but cannot be set up."""

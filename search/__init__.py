@@ -1,0 +1,3 @@
+"""candle.search (filled in by its own issue)."""
+
+__all__: list[str] = []

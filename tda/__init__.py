@@ -1,0 +1,3 @@
+"""candle.tda (filled in by its own issue)."""
+
+__all__: list[str] = []

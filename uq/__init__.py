@@ -1,0 +1,3 @@
+"""candle.uq (filled in by its own issue)."""
+
+__all__: list[str] = []
