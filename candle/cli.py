@@ -1,0 +1,135 @@
+"""``python -m candle``: the command line.
+
+    python -m candle train --trainer MODULE:CLASS [CONFIG_FILE] [--key value | key=value ...]
+    python -m candle train --trainer path/to/file.py:CLASS --help     (lists the parameters)
+
+Exit status of ``train``: 0 completed, 1 failed, 2 bad configuration, 75 interrupted by the
+time limit (resume with ``resume=true`` to continue; 75 is EX_TEMPFAIL, "try again").
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from candle.errors import CandleError, ConfigError
+
+__all__ = ["EXIT_INTERRUPTED", "import_trainer", "main"]
+
+EXIT_INTERRUPTED = 75
+
+USAGE = """\
+usage: python -m candle <command> [options]
+
+commands:
+  train   train a Trainer subclass:
+          python -m candle train --trainer MODULE:CLASS [CONFIG] [--key value | key=value ...]
+          (MODULE may be a dotted module name or a path to a .py file; add --help to list
+          the Trainer's parameters)
+
+Parameters come from, lowest to highest precedence: the params class's defaults, the CONFIG
+file (YAML, TOML, JSON or a CANDLE *_default_model.txt), CANDLE_<NAME> environment variables,
+and the command line.
+"""
+
+
+def import_trainer(spec: str) -> type:
+    """Import ``module:Class`` or ``path/to/file.py:Class`` and check it is a Trainer subclass."""
+    from candle.trainer import Trainer
+
+    module_name, sep, class_name = spec.rpartition(":")
+    if not sep or not module_name or not class_name:
+        raise ConfigError(
+            f"--trainer {spec!r} must look like 'package.module:ClassName' or 'file.py:ClassName'"
+        )
+    try:
+        if module_name.endswith(".py"):
+            path = Path(module_name)
+            if not path.is_file():
+                raise ConfigError(f"--trainer {spec!r}: file {path} does not exist")
+            name = f"_candle_user_{path.stem}"
+            mod_spec = importlib.util.spec_from_file_location(name, path)
+            module = importlib.util.module_from_spec(mod_spec)
+            sys.modules[name] = module  # dataclasses and pickling look the module up by name
+            mod_spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ConfigError(f"--trainer {spec!r}: cannot import {module_name!r}: {e}") from e
+    cls = getattr(module, class_name, None)
+    if cls is None:
+        found = sorted(
+            n for n, v in vars(module).items()
+            if isinstance(v, type) and issubclass(v, Trainer) and v is not Trainer
+        )
+        raise ConfigError(
+            f"--trainer {spec!r}: {module_name} has no class {class_name!r}"
+            + (f"; Trainer subclasses there: {', '.join(found)}" if found else "")
+        )
+    if not (isinstance(cls, type) and issubclass(cls, Trainer)):
+        raise ConfigError(f"--trainer {spec!r}: {class_name} is not a subclass of candle.Trainer")
+    return cls
+
+
+def _split_trainer_arg(argv: list[str]) -> tuple[str | None, bool, list[str]]:
+    trainer, want_help, rest = None, False, []
+    it = iter(argv)
+    for tok in it:
+        if tok == "--trainer":
+            trainer = next(it, None)
+        elif tok.startswith("--trainer="):
+            trainer = tok.split("=", 1)[1]
+        elif tok in ("-h", "--help"):
+            want_help = True
+        else:
+            rest.append(tok)
+    return trainer, want_help, rest
+
+
+def _train(argv: list[str]) -> int:
+    from candle.config import describe_params, load_params
+
+    spec, want_help, rest = _split_trainer_arg(argv)
+    if spec is None:
+        if want_help:
+            print(USAGE)
+            return 0
+        raise ConfigError("train needs --trainer MODULE:CLASS (for example examples/quickstart.py:BreastCancer)")
+    cls = import_trainer(spec)
+    if want_help:
+        print(f"parameters of {cls.__name__} ({cls.params_class.__name__}):\n")
+        print(describe_params(cls.params_class))
+        return 0
+    params = load_params(cls.params_class, argv=rest)
+    trainer = cls(params)
+    result = trainer.fit()
+    shown = ", ".join(f"{k}={v:.4g}" for k, v in result.last_metrics.items() if k != "epoch")
+    print(f"{result.status} ({result.stop_reason}) after {len(result.history)} epochs: {shown}")
+    if result.objective is not None:
+        print(f"best {result.monitor} = {result.objective:.6g} at epoch {result.best_epoch}")
+    print(f"run directory: {result.run_dir}")
+    print(f"TensorBoard:   tensorboard --logdir {result.run_dir.parent}")
+    return EXIT_INTERRUPTED if result.status == "interrupted" else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0
+    command, rest = argv[0], argv[1:]
+    try:
+        if command == "train":
+            return _train(rest)
+        raise ConfigError(f"unknown command {command!r}; commands: train (see --help)")
+    except ConfigError as e:
+        print(f"candle: configuration error: {e}", file=sys.stderr)
+        return 2
+    except CandleError as e:
+        print(f"candle: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1

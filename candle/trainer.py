@@ -1,0 +1,737 @@
+"""The Trainer: subclass it, override a few methods, call ``fit()``.
+
+A minimal user Trainer::
+
+    class MyTrainer(Trainer):
+        params_class = MyParams
+
+        def build_model(self):
+            return nn.Sequential(nn.Linear(30, self.params.hidden), nn.ReLU(), nn.Linear(self.params.hidden, 1))
+
+        def build_data(self):
+            return train_dataset, val_dataset          # Datasets or DataLoaders
+
+        def training_step(self, batch):
+            x, y = batch
+            return F.mse_loss(self.model(x), y)       # a scalar loss
+
+        def validation_step(self, batch):
+            x, y = batch
+            return {"loss": F.mse_loss(self.model(x), y)}   # logged as val_loss
+
+Everything else (devices, gradient accumulation, AMP, clipping, LR schedule, early stopping,
+time limits, checkpoints and exact resume, logging) is the framework's, in ``fit`` below.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import math
+import os
+import random
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler, TensorDataset
+
+from candle import callbacks as cb
+from candle.checkpoint import CheckpointManager, capture_rng_state, restore_rng_state
+from candle.config import Params, params_from_dict, params_to_dict, save_params
+from candle.distributed import Strategy, rank_indices, resolve_strategy
+from candle.errors import CheckpointError, ConfigError, NonFiniteLossError
+from candle.run import provenance, resolve_run_dir, write_result
+
+__all__ = ["FitResult", "Trainer"]
+
+log = logging.getLogger("candle.trainer")
+
+
+@dataclass
+class FitResult:
+    """What ``fit()`` returns; ``result.json`` in the run directory holds the same."""
+
+    status: str  # "completed" or "interrupted" (time limit; resume to continue)
+    stop_reason: str  # "epochs", "max_steps", "early_stopping", "time_limit"
+    history: list[dict[str, float]]
+    best_metrics: dict[str, float]
+    last_metrics: dict[str, float]
+    best_epoch: int | None
+    monitor: str
+    checkpoint_path: Path | None  # best checkpoint (the last one if no metric was monitored)
+    last_checkpoint_path: Path | None
+    run_dir: Path
+    elapsed_s: float
+    global_step: int = 0
+
+    @property
+    def objective(self) -> float | None:
+        """The best value of the monitored metric (what a search optimizes)."""
+        return self.best_metrics.get(self.monitor)
+
+
+class _Indices(Sampler[int]):
+    """Yields a precomputed list of sample indices (this rank's, this epoch's, maybe resumed)."""
+
+    def __init__(self, indices: list[int]):
+        self.indices = indices
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def _batch_size(batch: Any) -> int:
+    if isinstance(batch, torch.Tensor):
+        return batch.shape[0] if batch.dim() else 1
+    if isinstance(batch, Mapping):
+        return _batch_size(next(iter(batch.values())))
+    if isinstance(batch, Sequence) and batch:
+        return _batch_size(batch[0])
+    return 1
+
+
+def _to_device(batch: Any, device: torch.device, non_blocking: bool) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=non_blocking)
+    if isinstance(batch, Mapping):
+        return {k: _to_device(v, device, non_blocking) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to_device(v, device, non_blocking) for v in batch)
+    return batch
+
+
+class Trainer:
+    """Base class for a model's training code. Override:
+
+    - ``build_model()`` -> ``nn.Module``
+    - ``build_data()`` -> ``(train, val)``, ``(train, val, test)`` or a dict with those keys;
+      each a ``Dataset`` (candle makes the loaders: exact resume, per-rank shards) or a
+      ``DataLoader`` of your own
+    - ``training_step(batch)`` -> scalar loss tensor
+    - ``validation_step(batch)`` -> dict of metrics (default: ``{"loss": training_step(batch)}``)
+    - optionally ``build_optimizer(model)``, ``build_scheduler(optimizer, total_steps)``,
+      ``predict_step(batch)``
+
+    Inside them use ``self.params``, ``self.model`` and ``self.device``.
+    """
+
+    params_class: ClassVar[type[Params]] = Params
+
+    def __init__(
+        self,
+        params: Params | None = None,
+        *,
+        callbacks: Iterable[cb.Callback] = (),
+        strategy: Strategy | None = None,
+        **overrides: Any,
+    ):
+        if params is None:
+            params = params_from_dict(self.params_class, overrides, source="Trainer(...) arguments")
+        elif overrides:
+            merged = {**params_to_dict(params), **overrides}
+            params = params_from_dict(type(params), merged, source="Trainer(...) arguments")
+        if not isinstance(params, self.params_class):
+            raise ConfigError(
+                f"{type(self).__name__} needs params of type {self.params_class.__name__}, "
+                f"got {type(params).__name__}; build them with "
+                f"load_params({self.params_class.__name__}, ...)"
+            )
+        self.params = params
+        self.user_callbacks = list(callbacks)
+        self.strategy: Strategy = strategy or resolve_strategy(params.strategy)
+        self.model: nn.Module | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.scheduler: Any = None
+        self.device = torch.device("cpu")
+        self.run_dir = Path(".")
+        self.monitor = params.monitor
+        # progress: what a checkpoint must restore for an exact resume
+        self.epoch = 0  # completed epochs
+        self.batch_in_epoch = 0  # micro-batches consumed in the current epoch
+        self.global_step = 0  # optimizer steps
+        self.history: list[dict[str, float]] = []
+        self.steps_per_epoch = 0
+        self._best: tuple[float, dict[str, float]] | None = None
+        self._stop: tuple[str, str] | None = None
+        self._epoch_loss = torch.zeros(())
+        self._epoch_samples = 0
+        self._elapsed_before = 0.0
+        self._callbacks: list[cb.Callback] = []
+        self._checkpoints: CheckpointManager | None = None
+        self._data: dict[str, Dataset | DataLoader] | None = None
+        self._log_handler: logging.Handler | None = None
+        self._process_start = time.monotonic()
+
+    # ------------------------------------------------------------------ user hooks
+    def build_model(self) -> nn.Module:
+        raise NotImplementedError(f"{type(self).__name__} must define build_model()")
+
+    def build_data(self) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} must define build_data()")
+
+    def training_step(self, batch: Any) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} must define training_step(batch)")
+
+    def validation_step(self, batch: Any) -> Mapping[str, torch.Tensor | float]:
+        return {"loss": self.training_step(batch)}
+
+    def predict_step(self, batch: Any) -> torch.Tensor:
+        inputs = batch[0] if isinstance(batch, (list, tuple)) else batch
+        return self.model(inputs)
+
+    def build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        p = self.params
+        lr, wd = p.learning_rate, p.weight_decay
+        if p.optimizer == "sgd":
+            return torch.optim.SGD(model.parameters(), lr=lr, momentum=p.momentum, weight_decay=wd)
+        if p.optimizer == "adam":
+            return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=wd)
+        if p.optimizer == "adamw":
+            return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=wd)
+        return torch.optim.RMSprop(model.parameters(), lr=lr, momentum=p.momentum, weight_decay=wd)
+
+    def build_scheduler(self, optimizer: torch.optim.Optimizer, total_steps: int) -> Any:
+        """Per-step LR multiplier: linear warm-up, then the ``lr_schedule`` decay."""
+        p, per_epoch = self.params, max(self.steps_per_epoch, 1)
+        warmup = p.warmup_steps
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = min((step - warmup) / max(total_steps - warmup, 1), 1.0)
+            if p.lr_schedule == "cosine":
+                return p.lr_min_ratio + (1 - p.lr_min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+            if p.lr_schedule == "linear":
+                return p.lr_min_ratio + (1 - p.lr_min_ratio) * (1 - progress)
+            if p.lr_schedule == "step":
+                return p.lr_gamma ** ((step // per_epoch) // p.lr_step_size)
+            if p.lr_schedule == "exponential":
+                return p.lr_gamma ** (step / per_epoch)
+            return 1.0
+
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+    # ------------------------------------------------------------------ public API
+    def fit(self) -> FitResult:
+        """Train for ``params.epochs`` epochs (or ``max_steps``), resuming if asked."""
+        p, strategy = self.params, self.strategy
+        started = self._process_start = time.monotonic()
+        self._stop = None
+        self._setup()
+        p = self.params  # _setup fills in run_id
+        model, optimizer, scaler = self.model, self.optimizer, self._scaler
+        train_data, val_data = self._data["train"], self._data.get("val")
+        accum = p.grad_accum_steps
+        max_steps = p.max_steps or None
+        self._write_result({"status": "running"}, started)
+        self._fire("on_fit_start")
+        try:
+            while self.epoch < p.epochs and self._stop is None:
+                loader = self._loader(train_data, train=True, epoch=self.epoch, skip=self.batch_in_epoch)
+                n_batches = self.batch_in_epoch + len(loader)  # micro-batches in this epoch
+                self._fire("on_epoch_start")
+                model.train()
+                for batch in loader:
+                    # Micro-batches are grouped `accum` at a time into one optimizer step; the
+                    # last group of an epoch may be shorter, and its mean is over its own size.
+                    group_start = self.batch_in_epoch - self.batch_in_epoch % accum
+                    group_size = min(accum, n_batches - group_start)
+                    steps_now = self.batch_in_epoch - group_start + 1 == group_size
+                    batch = _to_device(batch, self.device, self._pin)
+                    sync = contextlib.nullcontext() if steps_now else strategy.no_sync(model)
+                    with sync:
+                        with self._autocast():
+                            loss = self.training_step(batch)
+                        scaled = loss / group_size
+                        (scaler.scale(scaled) if scaler else scaled).backward()
+                    n = _batch_size(batch)
+                    self._epoch_loss += loss.detach().float() * n
+                    self._epoch_samples += n
+                    self.batch_in_epoch += 1
+                    if not steps_now:
+                        continue
+                    strategy.optimizer_step(
+                        optimizer, self._parameters, scaler=scaler, max_norm=p.grad_clip
+                    )
+                    optimizer.zero_grad(set_to_none=True)
+                    self.scheduler.step()
+                    self.global_step += 1
+                    if self._check_finite_every_step or self.global_step % p.log_every_steps == 0:
+                        self._check_finite(loss)
+                    self._fire("on_step_end", loss)
+                    if max_steps and self.global_step >= max_steps:
+                        self.request_stop("max_steps", f"max_steps={max_steps} reached")
+                    if self._stop is not None:
+                        break
+                if self.batch_in_epoch == n_batches:  # the epoch ran to its end
+                    self._end_epoch(val_data)
+        except BaseException as error:
+            self._fail(error, started)
+            self._detach_log()
+            raise
+        reason = self._stop[0] if self._stop else "epochs"
+        result = self._make_result(reason, started)
+        self._fire("on_fit_end", result)
+        result.last_checkpoint_path = self._checkpoints.last_path if self._checkpoints else None
+        result.checkpoint_path = self._best_checkpoint_path()
+        self._write_result(self._result_record(result), started)
+        if strategy.is_main:
+            log.info("run %s: %s (%s); run directory %s", p.run_id, result.status, reason, self.run_dir)
+        self._detach_log()
+        return result
+
+    @torch.no_grad()
+    def evaluate(self, data: str | Dataset | DataLoader = "val") -> dict[str, float]:
+        """Metrics of ``validation_step`` averaged over a split ("val", "test", "train") or a
+        dataset, weighted by batch size and reduced across ranks."""
+        self._ensure_ready()
+        dataset = self._split(data)
+        model = self.model
+        was_training = model.training
+        model.eval()
+        sums: dict[str, torch.Tensor] = {}
+        count = 0
+        for batch in self._loader(dataset, train=False, epoch=0, skip=0):
+            batch = _to_device(batch, self.device, self._pin)
+            with self._autocast():
+                out = self.validation_step(batch)
+            n = _batch_size(batch)
+            for name, value in out.items():
+                value = torch.as_tensor(value, dtype=torch.float64, device=self.device).detach()
+                sums[name] = sums.get(name, 0) + value.double() * n
+            count += n
+        model.train(was_training)
+        if not sums:
+            return {}
+        names = sorted(sums)
+        packed = torch.stack([sums[k] for k in names] + [torch.tensor(float(count), device=self.device, dtype=torch.float64)])
+        packed = self.strategy.all_reduce(packed, op="sum").tolist()  # one sync point
+        return {k: v / packed[-1] for k, v in zip(names, packed[:-1], strict=True)}
+
+    @torch.no_grad()
+    def predict(self, data: str | Dataset | DataLoader = "test") -> torch.Tensor:
+        """Concatenated ``predict_step`` outputs over a split or dataset (this rank's share)."""
+        self._ensure_ready()
+        dataset = self._split(data)
+        model = self.model
+        was_training = model.training
+        model.eval()
+        outs = []
+        for batch in self._loader(dataset, train=False, epoch=0, skip=0):
+            with self._autocast():
+                outs.append(self.predict_step(_to_device(batch, self.device, self._pin)).float().cpu())
+        model.train(was_training)
+        return torch.cat(outs) if outs else torch.empty(0)
+
+    def request_stop(self, reason: str, message: str = "") -> None:
+        """Ask training to stop after the current step (callbacks use this)."""
+        if self._stop is None:
+            self._stop = (reason, message or reason)
+            log.info("stopping: %s", message or reason)
+
+    def load_checkpoint(self, path: str | os.PathLike | None = None) -> dict[str, Any]:
+        """Load model weights (and nothing else) from a checkpoint file, or the run's best."""
+        self._ensure_ready()
+        manager = self._checkpoints
+        record = manager.load(path) if path else (manager.load_best() or manager.load_latest())
+        if record is None:
+            raise CheckpointError(f"no checkpoint found in {manager.directory}")
+        self._unwrapped().load_state_dict(record["state"]["model"])
+        return record
+
+    def save_checkpoint(self, metric: float | None = None) -> Path | None:
+        """Write a full-state checkpoint now (main rank only; a no-op elsewhere)."""
+        if not self.strategy.is_main:
+            return None
+        path = self._checkpoints.save(
+            self.state_dict(), epoch=self.epoch, step=self.global_step, metric=metric
+        )
+        self._fire("on_checkpoint", path)
+        return path
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything an exact resume needs."""
+        return {
+            "model": self._unwrapped().state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self._scaler.state_dict() if self._scaler else None,
+            "rng": capture_rng_state(),
+            "progress": {
+                "epoch": self.epoch,
+                "batch_in_epoch": self.batch_in_epoch,
+                "global_step": self.global_step,
+                "epoch_loss": self._epoch_loss.detach().cpu().clone(),
+                "epoch_samples": self._epoch_samples,
+                "elapsed_s": self._elapsed(),
+            },
+            "history": self.history,
+            "best": list(self._best) if self._best else None,
+            "callbacks": {
+                f"{i}:{type(c).__name__}": c.state_dict() for i, c in enumerate(self._callbacks)
+            },
+            "params": self.params_dict(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self._unwrapped().load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self._scaler is not None and state["scaler"] is not None:
+            self._scaler.load_state_dict(state["scaler"])
+        prog = state["progress"]
+        self.epoch, self.batch_in_epoch = prog["epoch"], prog["batch_in_epoch"]
+        self.global_step = prog["global_step"]
+        self._epoch_loss = prog["epoch_loss"].to(self.device)
+        self._epoch_samples = prog["epoch_samples"]
+        self._elapsed_before = prog["elapsed_s"]
+        self.history = list(state["history"])
+        self._best = (state["best"][0], dict(state["best"][1])) if state["best"] else None
+        saved = state["callbacks"]
+        for i, c in enumerate(self._callbacks):
+            key = f"{i}:{type(c).__name__}"
+            if key in saved:
+                c.load_state_dict(saved[key])
+        restore_rng_state(state["rng"])  # last: building the objects above may draw numbers
+
+    def params_dict(self) -> dict[str, Any]:
+        return params_to_dict(self.params)
+
+    @property
+    def current_lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    # ------------------------------------------------------------------ internals
+    def _setup(self) -> None:
+        """Build everything ``fit`` needs, then restore the latest checkpoint if resuming."""
+        p, strategy = self.params, self.strategy
+        strategy.setup()
+        if p.threads:
+            torch.set_num_threads(p.threads)
+        _seed_everything(p.seed, p.deterministic)
+        self.device = strategy.device(p.device)
+        self._pin = self.device.type == "cuda"
+        self._check_finite_every_step = self.device.type == "cpu"  # no sync cost on CPU
+        self.run_dir = resolve_run_dir(p.output_dir, p.experiment, p.run_id, p.run_dir, p.resume)
+        self.run_dir = Path(strategy.broadcast_object(str(self.run_dir)))
+        if not p.run_id:
+            self.params = dataclasses.replace(p, run_id=self.run_dir.name)
+            p = self.params
+        if strategy.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._log_handler = _attach_file_log(self.run_dir / "train.log")
+        self._checkpoints = CheckpointManager(
+            self.run_dir / "checkpoints", keep_last=p.keep_checkpoints, mode=p.monitor_mode
+        )
+        self._precision = _resolve_precision(p.precision, self.device)
+        self.model = self.build_model().to(self.device)
+        self._data = self._normalize_data(self.build_data())
+        train_len = self._loader_len(self._data["train"])
+        self.steps_per_epoch = -(-train_len // p.grad_accum_steps)
+        total_steps = p.max_steps or self.steps_per_epoch * p.epochs
+        self.optimizer = self.build_optimizer(self.model)
+        self.scheduler = self.build_scheduler(self.optimizer, total_steps)
+        self._scaler = (
+            torch.amp.GradScaler("cuda") if self._precision == torch.float16 else None
+        )
+        self.model, self.optimizer = strategy.wrap(self.model, self.optimizer, p.grad_accum_steps)
+        self._parameters = [q for q in self.model.parameters() if q.requires_grad]
+        self._epoch_loss = torch.zeros((), device=self.device)
+        if "val" not in self._data and self.monitor.startswith("val_"):
+            log.warning("no validation data: monitoring train_loss instead of %s", self.monitor)
+            self.monitor = "train_loss"
+        self._callbacks = cb.default_callbacks(self) + self.user_callbacks
+        if p.resume:
+            record = self._checkpoints.load_latest()
+            if record is None:
+                log.info("resume: no checkpoint in %s, starting fresh", self.run_dir)
+            else:
+                try:
+                    self.load_state_dict(record["state"])
+                except (KeyError, RuntimeError, ValueError) as e:
+                    raise CheckpointError(
+                        f"checkpoint {self._checkpoints.last_path} does not fit this run's model or "
+                        f"optimizer ({e}); resume with the params it was written with, or start a "
+                        "new run (resume=false or another run_id)"
+                    ) from e
+                log.info(
+                    "resumed from %s (epoch %d, step %d)",
+                    self._checkpoints.last_path, self.epoch, self.global_step,
+                )
+        strategy.broadcast_state(self.model, self.optimizer)
+        if strategy.is_main:
+            save_params(self.params, self.run_dir / "params.yaml")
+            log.info(
+                "training on %s (%s), %d steps per epoch, precision %s",
+                self.device, type(strategy).__name__, self.steps_per_epoch, _precision_name(self._precision),
+            )
+
+    def _end_epoch(self, val_data: Any) -> None:
+        """Reduce the epoch's metrics across ranks, then hand them to the callbacks."""
+        totals = torch.stack(
+            [self._epoch_loss.double(), torch.tensor(float(self._epoch_samples), device=self.device, dtype=torch.float64)]
+        )
+        loss_sum, samples = self.strategy.all_reduce(totals, op="sum").tolist()
+        metrics: dict[str, float] = {"epoch": self.epoch + 1, "train_loss": loss_sum / max(samples, 1)}
+        metrics["lr"] = self.current_lr
+        if val_data is not None:
+            val = self.evaluate("val")
+            metrics.update({f"val_{k}": v for k, v in val.items()})
+            self._fire("on_evaluate_end", metrics)
+        if self.monitor not in metrics:
+            raise ConfigError(
+                f"monitor={self.monitor!r} is not among the epoch metrics "
+                f"({', '.join(sorted(metrics))}); set `monitor` to one of them"
+            )
+        self.epoch += 1
+        self.batch_in_epoch = 0
+        self._epoch_loss = torch.zeros((), device=self.device)
+        self._epoch_samples = 0
+        self.history.append(metrics)
+        value = metrics[self.monitor]
+        if cb._improved(value, self._best[0] if self._best else None, self.params.monitor_mode):
+            self._best = (value, dict(metrics))
+        self._fire("on_epoch_end", metrics)
+
+    def _check_finite(self, loss: torch.Tensor) -> None:
+        if not torch.isfinite(loss.detach()).all():
+            raise NonFiniteLossError(
+                f"training loss became {loss.item()} at epoch {self.epoch + 1}, step "
+                f"{self.global_step}; lower learning_rate, set grad_clip, or check the data "
+                f"for NaN/inf (run directory: {self.run_dir})"
+            )
+
+    def _fail(self, error: BaseException, started: float) -> None:
+        for c in self._callbacks:
+            with contextlib.suppress(Exception):
+                c.on_exception(self, error)
+        status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
+        record = {
+            "status": status,
+            "error": {"type": type(error).__name__, "message": str(error)},
+            "history": self.history,
+            "epoch": self.epoch,
+            "global_step": self.global_step,
+        }
+        with contextlib.suppress(Exception):
+            self._write_result(record, started)
+        log.error("run failed: %s: %s", type(error).__name__, error)
+
+    def _make_result(self, reason: str, started: float) -> FitResult:
+        last = self.history[-1] if self.history else {}
+        best_value, best = self._best if self._best else (None, {})
+        return FitResult(
+            status="interrupted" if reason == "time_limit" else "completed",
+            stop_reason=reason,
+            history=list(self.history),
+            best_metrics=best,
+            last_metrics=last,
+            best_epoch=int(best["epoch"]) if best else None,
+            monitor=self.monitor,
+            checkpoint_path=None,
+            last_checkpoint_path=None,
+            run_dir=self.run_dir,
+            elapsed_s=self._elapsed(),
+            global_step=self.global_step,
+        )
+
+    def _result_record(self, result: FitResult) -> dict[str, Any]:
+        return {
+            "status": result.status,
+            "stop_reason": result.stop_reason,
+            "objective": {
+                "name": result.monitor,
+                "mode": self.params.monitor_mode,
+                "value": result.objective,
+            },
+            "metrics": result.last_metrics,
+            "best_metrics": result.best_metrics,
+            "best_epoch": result.best_epoch,
+            "history": result.history,
+            "epoch": self.epoch,
+            "global_step": self.global_step,
+            "checkpoint": str(result.checkpoint_path) if result.checkpoint_path else None,
+            "last_checkpoint": str(result.last_checkpoint_path) if result.last_checkpoint_path else None,
+        }
+
+    def _write_result(self, record: dict[str, Any], started: float) -> None:
+        if not self.strategy.is_main:
+            return
+        record = {
+            **record,
+            "run_id": self.params.run_id,
+            "experiment": self.params.experiment,
+            "trainer": f"{type(self).__module__}:{type(self).__qualname__}",
+            "timings": {
+                "elapsed_s": self._elapsed(),
+                "this_process_s": time.monotonic() - started,
+                "steps_per_epoch": self.steps_per_epoch,
+            },
+            "world_size": self.strategy.world_size,
+            "provenance": provenance(),
+        }
+        write_result(self.run_dir, record)
+
+    def _elapsed(self) -> float:
+        """Training time over all segments of the run (resumes add to it)."""
+        return self._elapsed_before + time.monotonic() - self._process_start
+
+    def _detach_log(self) -> None:
+        handler, self._log_handler = self._log_handler, None
+        if handler is not None:
+            logging.getLogger("candle").removeHandler(handler)
+            handler.close()
+
+    def _best_checkpoint_path(self) -> Path | None:
+        if self._checkpoints is None:
+            return None
+        return self._checkpoints.best_path or self._checkpoints.last_path
+
+    def _fire(self, event: str, *args: Any) -> None:
+        for c in self._callbacks:
+            getattr(c, event)(self, *args)
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self._precision == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self._precision)
+
+    def _unwrapped(self) -> nn.Module:
+        return getattr(self.model, "module", self.model)
+
+    def _ensure_ready(self) -> None:
+        if self.model is None:
+            raise RuntimeError("call fit() first (the model and data are built there)")
+
+    # --------------------------------------------------------------- data plumbing
+    def _normalize_data(self, data: Any) -> dict[str, Any]:
+        if isinstance(data, Mapping):
+            unknown = set(data) - {"train", "val", "test"}
+            if unknown or "train" not in data:
+                raise ConfigError(
+                    f"build_data() returned keys {sorted(data)}; expected 'train' and optionally "
+                    "'val' and 'test'"
+                )
+            out = {k: v for k, v in data.items() if v is not None}
+        elif isinstance(data, (tuple, list)) and 1 <= len(data) <= 3:
+            out = {k: v for k, v in zip(("train", "val", "test"), data, strict=False) if v is not None}
+        elif isinstance(data, (Dataset, DataLoader)):
+            out = {"train": data}
+        else:
+            raise ConfigError(
+                f"build_data() returned {type(data).__name__}; return (train, val), "
+                "(train, val, test) or a dict of Datasets/DataLoaders"
+            )
+        if self._loader_len(out["train"]) == 0:
+            raise ConfigError("build_data(): the training data is empty")
+        return out
+
+    def _split(self, data: str | Dataset | DataLoader) -> Any:
+        if not isinstance(data, str):
+            return data
+        if data not in self._data:
+            raise ConfigError(
+                f"no {data!r} split: build_data() gave {sorted(self._data)}"
+            )
+        return self._data[data]
+
+    def _loader_len(self, data: Any) -> int:
+        """Number of micro-batches per epoch on this rank."""
+        if isinstance(data, DataLoader):
+            return len(data)
+        n = len(rank_indices(len(data), seed=0, epoch=0, rank=self.strategy.rank,
+                             world_size=self.strategy.world_size, shuffle=False))
+        return -(-n // self.params.batch_size)
+
+    def _loader(self, data: Any, *, train: bool, epoch: int, skip: int) -> Iterable[Any]:
+        """Batches for one epoch, after skipping ``skip`` micro-batches (mid-epoch resume).
+
+        For a Dataset the order is a pure function of (seed, epoch, rank, world size), and the
+        loader gets its own generator, so creating it never draws from the global RNG (which
+        would make a resumed run diverge from an uninterrupted one).
+        """
+        p = self.params
+        if isinstance(data, DataLoader):
+            sampler = getattr(data, "sampler", None)
+            if hasattr(sampler, "set_epoch"):
+                sampler.set_epoch(epoch)
+            return _Skip(data, skip)
+        bs = p.batch_size if train else (p.eval_batch_size or p.batch_size)
+        s = self.strategy
+        indices = rank_indices(
+            len(data), seed=p.seed, epoch=epoch, rank=s.rank, world_size=s.world_size,
+            shuffle=train,
+        )[skip * bs :]
+        gen = torch.Generator()
+        gen.manual_seed(p.seed * 7919 + epoch)
+        common = {"num_workers": p.num_workers, "pin_memory": self._pin, "generator": gen}
+        if isinstance(data, TensorDataset):
+            # Whole-batch indexing: one gather per tensor instead of per-sample + collate.
+            batches = BatchSampler(_Indices(indices), bs, drop_last=False)
+            return DataLoader(data, batch_size=None, sampler=batches, **common)
+        return DataLoader(data, batch_size=bs, sampler=_Indices(indices), **common)
+
+
+class _Skip:
+    """A user DataLoader with its first ``skip`` batches dropped (mid-epoch resume)."""
+
+    def __init__(self, loader: DataLoader, skip: int):
+        self.loader, self.skip = loader, skip
+
+    def __len__(self) -> int:
+        return len(self.loader) - self.skip
+
+    def __iter__(self) -> Iterator[Any]:
+        it = iter(self.loader)
+        for _ in range(self.skip):
+            next(it)
+        return it
+
+
+def _seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # seeds every CUDA device too
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it to be
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+
+
+def _resolve_precision(precision: str, device: torch.device) -> torch.dtype:
+    if device.type != "cuda":
+        if precision in ("bf16", "fp16"):
+            log.warning("precision=%s: mixed precision is CUDA-only here; training in fp32 on %s",
+                        precision, device)
+        return torch.float32
+    if precision == "32":
+        return torch.float32
+    if precision == "fp16":
+        return torch.float16
+    if precision == "bf16" or torch.cuda.is_bf16_supported():
+        return torch.bfloat16  # precision=auto on a GPU that has bf16
+    return torch.float16
+
+
+def _precision_name(dtype: torch.dtype) -> str:
+    return {torch.float32: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast + grad scaling"}[dtype]
+
+
+def _attach_file_log(path: Path) -> logging.Handler:
+    root = logging.getLogger("candle")
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    if root.level == logging.NOTSET or root.level > logging.INFO:
+        root.setLevel(logging.INFO)
+    return handler
