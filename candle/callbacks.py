@@ -293,8 +293,12 @@ def default_callbacks(trainer: Trainer) -> list[Callback]:
     cbs: list[Callback] = []
     if p.early_stopping_patience > 0:
         cbs.append(
-            EarlyStopping(trainer.monitor, p.monitor_mode, p.early_stopping_patience,
-                          p.early_stopping_min_delta)
+            EarlyStopping(
+                trainer.monitor,
+                p.monitor_mode,
+                p.early_stopping_patience,
+                p.early_stopping_min_delta,
+            )
         )
     if p.time_limit > 0:
         cbs.append(TimeLimit(p.time_limit))

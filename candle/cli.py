@@ -63,7 +63,8 @@ def import_trainer(spec: str) -> type:
     cls = getattr(module, class_name, None)
     if cls is None:
         found = sorted(
-            n for n, v in vars(module).items()
+            n
+            for n, v in vars(module).items()
             if isinstance(v, type) and issubclass(v, Trainer) and v is not Trainer
         )
         raise ConfigError(
@@ -98,7 +99,9 @@ def _train(argv: list[str]) -> int:
         if want_help:
             print(USAGE)
             return 0
-        raise ConfigError("train needs --trainer MODULE:CLASS (for example examples/quickstart.py:BreastCancer)")
+        raise ConfigError(
+            "train needs --trainer MODULE:CLASS (for example examples/quickstart.py:BreastCancer)"
+        )
     cls = import_trainer(spec)
     if want_help:
         print(f"parameters of {cls.__name__} ({cls.params_class.__name__}):\n")

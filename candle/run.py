@@ -26,7 +26,14 @@ from typing import Any
 
 from candle.checkpoint import atomic_write_text
 
-__all__ = ["RESULT_FILE", "new_run_id", "provenance", "read_result", "resolve_run_dir", "write_result"]
+__all__ = [
+    "RESULT_FILE",
+    "new_run_id",
+    "provenance",
+    "read_result",
+    "resolve_run_dir",
+    "write_result",
+]
 
 RESULT_FILE = "result.json"
 
@@ -36,7 +43,9 @@ def new_run_id() -> str:
     return _dt.datetime.now().strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:4]
 
 
-def resolve_run_dir(output_dir: str, experiment: str, run_id: str, run_dir: str, resume: bool) -> Path:
+def resolve_run_dir(
+    output_dir: str, experiment: str, run_id: str, run_dir: str, resume: bool
+) -> Path:
     """Where a run writes. An explicit ``run_dir`` wins; else ``output_dir/experiment/run_id``.
 
     With ``resume`` and no id, the newest run of the experiment is continued (a job script can
@@ -61,7 +70,10 @@ def _git_commit(cwd: Path) -> dict[str, Any] | None:
             return None
         dirty = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=cwd, capture_output=True, text=True, timeout=5,
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=5,
         )
         return {"commit": commit.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
     except (OSError, subprocess.SubprocessError):

@@ -6,7 +6,8 @@ A minimal user Trainer::
         params_class = MyParams
 
         def build_model(self):
-            return nn.Sequential(nn.Linear(30, self.params.hidden), nn.ReLU(), nn.Linear(self.params.hidden, 1))
+            h = self.params.hidden
+            return nn.Sequential(nn.Linear(30, h), nn.ReLU(), nn.Linear(h, 1))
 
         def build_data(self):
             return train_dataset, val_dataset          # Datasets or DataLoaders
@@ -33,7 +34,7 @@ import os
 import random
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -210,7 +211,9 @@ class Trainer:
                 return (step + 1) / warmup
             progress = min((step - warmup) / max(total_steps - warmup, 1), 1.0)
             if p.lr_schedule == "cosine":
-                return p.lr_min_ratio + (1 - p.lr_min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+                return p.lr_min_ratio + (1 - p.lr_min_ratio) * 0.5 * (
+                    1 + math.cos(math.pi * progress)
+                )
             if p.lr_schedule == "linear":
                 return p.lr_min_ratio + (1 - p.lr_min_ratio) * (1 - progress)
             if p.lr_schedule == "step":
@@ -237,7 +240,9 @@ class Trainer:
         self._fire("on_fit_start")
         try:
             while self.epoch < p.epochs and self._stop is None:
-                loader = self._loader(train_data, train=True, epoch=self.epoch, skip=self.batch_in_epoch)
+                loader = self._loader(
+                    train_data, train=True, epoch=self.epoch, skip=self.batch_in_epoch
+                )
                 n_batches = self.batch_in_epoch + len(loader)  # micro-batches in this epoch
                 self._fire("on_epoch_start")
                 model.train()
@@ -286,7 +291,9 @@ class Trainer:
         result.checkpoint_path = self._best_checkpoint_path()
         self._write_result(self._result_record(result), started)
         if strategy.is_main:
-            log.info("run %s: %s (%s); run directory %s", p.run_id, result.status, reason, self.run_dir)
+            log.info(
+                "run %s: %s (%s); run directory %s", p.run_id, result.status, reason, self.run_dir
+            )
         self._detach_log()
         return result
 
@@ -314,7 +321,10 @@ class Trainer:
         if not sums:
             return {}
         names = sorted(sums)
-        packed = torch.stack([sums[k] for k in names] + [torch.tensor(float(count), device=self.device, dtype=torch.float64)])
+        packed = torch.stack(
+            [sums[k] for k in names]
+            + [torch.tensor(float(count), device=self.device, dtype=torch.float64)]
+        )
         packed = self.strategy.all_reduce(packed, op="sum").tolist()  # one sync point
         return {k: v / packed[-1] for k, v in zip(names, packed[:-1], strict=True)}
 
@@ -329,7 +339,9 @@ class Trainer:
         outs = []
         for batch in self._loader(dataset, train=False, epoch=0, skip=0):
             with self._autocast():
-                outs.append(self.predict_step(_to_device(batch, self.device, self._pin)).float().cpu())
+                outs.append(
+                    self.predict_step(_to_device(batch, self.device, self._pin)).float().cpu()
+                )
         model.train(was_training)
         return torch.cat(outs) if outs else torch.empty(0)
 
@@ -441,9 +453,7 @@ class Trainer:
         total_steps = p.max_steps or self.steps_per_epoch * p.epochs
         self.optimizer = self.build_optimizer(self.model)
         self.scheduler = self.build_scheduler(self.optimizer, total_steps)
-        self._scaler = (
-            torch.amp.GradScaler("cuda") if self._precision == torch.float16 else None
-        )
+        self._scaler = torch.amp.GradScaler("cuda") if self._precision == torch.float16 else None
         self.model, self.optimizer = strategy.wrap(self.model, self.optimizer, p.grad_accum_steps)
         self._parameters = [q for q in self.model.parameters() if q.requires_grad]
         self._epoch_loss = torch.zeros((), device=self.device)
@@ -460,29 +470,40 @@ class Trainer:
                     self.load_state_dict(record["state"])
                 except (KeyError, RuntimeError, ValueError) as e:
                     raise CheckpointError(
-                        f"checkpoint {self._checkpoints.last_path} does not fit this run's model or "
-                        f"optimizer ({e}); resume with the params it was written with, or start a "
-                        "new run (resume=false or another run_id)"
+                        f"checkpoint {self._checkpoints.last_path} does not fit this run's model "
+                        f"or optimizer ({e}); resume with the params it was written with, or start "
+                        "a new run (resume=false or another run_id)"
                     ) from e
                 log.info(
                     "resumed from %s (epoch %d, step %d)",
-                    self._checkpoints.last_path, self.epoch, self.global_step,
+                    self._checkpoints.last_path,
+                    self.epoch,
+                    self.global_step,
                 )
         strategy.broadcast_state(self.model, self.optimizer)
         if strategy.is_main:
             save_params(self.params, self.run_dir / "params.yaml")
             log.info(
                 "training on %s (%s), %d steps per epoch, precision %s",
-                self.device, type(strategy).__name__, self.steps_per_epoch, _precision_name(self._precision),
+                self.device,
+                type(strategy).__name__,
+                self.steps_per_epoch,
+                _precision_name(self._precision),
             )
 
     def _end_epoch(self, val_data: Any) -> None:
         """Reduce the epoch's metrics across ranks, then hand them to the callbacks."""
         totals = torch.stack(
-            [self._epoch_loss.double(), torch.tensor(float(self._epoch_samples), device=self.device, dtype=torch.float64)]
+            [
+                self._epoch_loss.double(),
+                torch.tensor(float(self._epoch_samples), device=self.device, dtype=torch.float64),
+            ]
         )
         loss_sum, samples = self.strategy.all_reduce(totals, op="sum").tolist()
-        metrics: dict[str, float] = {"epoch": self.epoch + 1, "train_loss": loss_sum / max(samples, 1)}
+        metrics: dict[str, float] = {
+            "epoch": self.epoch + 1,
+            "train_loss": loss_sum / max(samples, 1),
+        }
         metrics["lr"] = self.current_lr
         if val_data is not None:
             val = self.evaluate("val")
@@ -529,7 +550,7 @@ class Trainer:
 
     def _make_result(self, reason: str, started: float) -> FitResult:
         last = self.history[-1] if self.history else {}
-        best_value, best = self._best if self._best else (None, {})
+        best = self._best[1] if self._best else {}
         return FitResult(
             status="interrupted" if reason == "time_limit" else "completed",
             stop_reason=reason,
@@ -561,7 +582,9 @@ class Trainer:
             "epoch": self.epoch,
             "global_step": self.global_step,
             "checkpoint": str(result.checkpoint_path) if result.checkpoint_path else None,
-            "last_checkpoint": str(result.last_checkpoint_path) if result.last_checkpoint_path else None,
+            "last_checkpoint": str(result.last_checkpoint_path)
+            if result.last_checkpoint_path
+            else None,
         }
 
     def _write_result(self, record: dict[str, Any], started: float) -> None:
@@ -624,7 +647,9 @@ class Trainer:
                 )
             out = {k: v for k, v in data.items() if v is not None}
         elif isinstance(data, (tuple, list)) and 1 <= len(data) <= 3:
-            out = {k: v for k, v in zip(("train", "val", "test"), data, strict=False) if v is not None}
+            out = {
+                k: v for k, v in zip(("train", "val", "test"), data, strict=False) if v is not None
+            }
         elif isinstance(data, (Dataset, DataLoader)):
             out = {"train": data}
         else:
@@ -640,17 +665,23 @@ class Trainer:
         if not isinstance(data, str):
             return data
         if data not in self._data:
-            raise ConfigError(
-                f"no {data!r} split: build_data() gave {sorted(self._data)}"
-            )
+            raise ConfigError(f"no {data!r} split: build_data() gave {sorted(self._data)}")
         return self._data[data]
 
     def _loader_len(self, data: Any) -> int:
         """Number of micro-batches per epoch on this rank."""
         if isinstance(data, DataLoader):
             return len(data)
-        n = len(rank_indices(len(data), seed=0, epoch=0, rank=self.strategy.rank,
-                             world_size=self.strategy.world_size, shuffle=False))
+        n = len(
+            rank_indices(
+                len(data),
+                seed=0,
+                epoch=0,
+                rank=self.strategy.rank,
+                world_size=self.strategy.world_size,
+                shuffle=False,
+            )
+        )
         return -(-n // self.params.batch_size)
 
     def _loader(self, data: Any, *, train: bool, epoch: int, skip: int) -> Iterable[Any]:
@@ -669,7 +700,11 @@ class Trainer:
         bs = p.batch_size if train else (p.eval_batch_size or p.batch_size)
         s = self.strategy
         indices = rank_indices(
-            len(data), seed=p.seed, epoch=epoch, rank=s.rank, world_size=s.world_size,
+            len(data),
+            seed=p.seed,
+            epoch=epoch,
+            rank=s.rank,
+            world_size=s.world_size,
             shuffle=train,
         )[skip * bs :]
         gen = torch.Generator()
@@ -711,8 +746,11 @@ def _seed_everything(seed: int, deterministic: bool) -> None:
 def _resolve_precision(precision: str, device: torch.device) -> torch.dtype:
     if device.type != "cuda":
         if precision in ("bf16", "fp16"):
-            log.warning("precision=%s: mixed precision is CUDA-only here; training in fp32 on %s",
-                        precision, device)
+            log.warning(
+                "precision=%s: mixed precision is CUDA-only here; training in fp32 on %s",
+                precision,
+                device,
+            )
         return torch.float32
     if precision == "32":
         return torch.float32
@@ -724,7 +762,11 @@ def _resolve_precision(precision: str, device: torch.device) -> torch.dtype:
 
 
 def _precision_name(dtype: torch.dtype) -> str:
-    return {torch.float32: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast + grad scaling"}[dtype]
+    return {
+        torch.float32: "fp32",
+        torch.bfloat16: "bf16 autocast",
+        torch.float16: "fp16 autocast + grad scaling",
+    }[dtype]
 
 
 def _attach_file_log(path: Path) -> logging.Handler:

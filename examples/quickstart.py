@@ -35,15 +35,21 @@ class BreastCancer(Trainer):
 
     def build_model(self):
         h = self.params.hidden
-        return nn.Sequential(nn.Linear(30, h), nn.ReLU(), nn.Dropout(self.params.dropout), nn.Linear(h, 1))
+        return nn.Sequential(
+            nn.Linear(30, h), nn.ReLU(), nn.Dropout(self.params.dropout), nn.Linear(h, 1)
+        )
 
     def build_data(self):
         x, y = load_breast_cancer(return_X_y=True)
         x_tr, x_va, y_tr, y_va = train_test_split(x, y, test_size=0.25, stratify=y, random_state=0)
         mean, std = x_tr.mean(0), x_tr.std(0)  # standardize with training statistics only
+
         def tensors(a, b):
-            return TensorDataset(torch.tensor((a - mean) / std, dtype=torch.float32),
-                                 torch.tensor(b, dtype=torch.float32))
+            return TensorDataset(
+                torch.tensor((a - mean) / std, dtype=torch.float32),
+                torch.tensor(b, dtype=torch.float32),
+            )
+
         return tensors(x_tr, y_tr), tensors(x_va, y_va)
 
     def training_step(self, batch):
@@ -53,5 +59,7 @@ class BreastCancer(Trainer):
     def validation_step(self, batch):
         x, y = batch
         logits = self.model(x).squeeze(-1)
-        return {"loss": F.binary_cross_entropy_with_logits(logits, y),
-                "accuracy": ((logits > 0).float() == y).float().mean()}
+        return {
+            "loss": F.binary_cross_entropy_with_logits(logits, y),
+            "accuracy": ((logits > 0).float() == y).float().mean(),
+        }

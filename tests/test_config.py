@@ -1,7 +1,4 @@
 """Tests of candle.config: typed parameters from defaults, files, environment and argv."""
-# `x: list[int] = param([...])` is a field specifier; ruff only knows that with
-# lint.flake8-bugbear.extend-immutable-calls = ["candle.config.param"].
-# ruff: noqa: RUF009
 
 from __future__ import annotations
 

@@ -17,7 +17,10 @@ SCRIPT = Path(__file__).with_name("_resume_script.py")
 def _run(run_dir, kill_at, resume, out, **kw):
     return subprocess.run(
         [sys.executable, str(SCRIPT), str(run_dir), str(kill_at), "1" if resume else "0", str(out)],
-        capture_output=True, text=True, timeout=300, **kw,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        **kw,
     )
 
 
@@ -71,7 +74,8 @@ def test_external_sigkill_at_an_arbitrary_moment(tmp_path, reference):
     run = tmp_path / "run"
     with subprocess.Popen(
         [sys.executable, str(SCRIPT), str(run), "0", "0", str(tmp_path / "unused.pt")],
-        stdout=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        text=True,
     ) as proc:
         for line in proc.stdout:  # wait until training is under way, then kill
             if line.startswith("step 12"):

@@ -160,4 +160,3 @@ class SingleProcess:
 
     def shutdown(self) -> None:
         pass
-
