@@ -230,15 +230,15 @@ class Trainer:
         p, strategy = self.params, self.strategy
         started = self._process_start = time.monotonic()
         self._stop = None
-        self._setup()
-        p = self.params  # _setup fills in run_id
-        model, optimizer, scaler = self.model, self.optimizer, self._scaler
-        train_data, val_data = self._data["train"], self._data.get("val")
-        accum = p.grad_accum_steps
-        max_steps = p.max_steps or None
-        self._write_result({"status": "running"}, started)
-        self._fire("on_fit_start")
         try:
+            self._setup()
+            p = self.params  # _setup fills in run_id
+            model, optimizer, scaler = self.model, self.optimizer, self._scaler
+            train_data, val_data = self._data["train"], self._data.get("val")
+            accum = p.grad_accum_steps
+            max_steps = p.max_steps or None
+            self._write_result({"status": "running"}, started)
+            self._fire("on_fit_start")
             while self.epoch < p.epochs and self._stop is None:
                 loader = self._loader(
                     train_data, train=True, epoch=self.epoch, skip=self.batch_in_epoch
@@ -280,21 +280,25 @@ class Trainer:
                         break
                 if self.batch_in_epoch == n_batches:  # the epoch ran to its end
                     self._end_epoch(val_data)
+            reason = self._stop[0] if self._stop else "epochs"
+            result = self._make_result(reason, started)
+            self._fire("on_fit_end", result)  # the final checkpoint is written here
+            result.last_checkpoint_path = self._checkpoints.last_path
+            result.checkpoint_path = self._checkpoints.best_path or result.last_checkpoint_path
+            self._write_result(self._result_record(result), started)
+            if strategy.is_main:
+                log.info(
+                    "run %s: %s (%s); run directory %s",
+                    p.run_id,
+                    result.status,
+                    reason,
+                    self.run_dir,
+                )
         except BaseException as error:
             self._fail(error, started)
-            self._detach_log()
             raise
-        reason = self._stop[0] if self._stop else "epochs"
-        result = self._make_result(reason, started)
-        self._fire("on_fit_end", result)
-        result.last_checkpoint_path = self._checkpoints.last_path if self._checkpoints else None
-        result.checkpoint_path = self._best_checkpoint_path()
-        self._write_result(self._result_record(result), started)
-        if strategy.is_main:
-            log.info(
-                "run %s: %s (%s); run directory %s", p.run_id, result.status, reason, self.run_dir
-            )
-        self._detach_log()
+        finally:
+            self._detach_log()
         return result
 
     @torch.no_grad()
@@ -588,8 +592,8 @@ class Trainer:
         }
 
     def _write_result(self, record: dict[str, Any], started: float) -> None:
-        if not self.strategy.is_main:
-            return
+        if not (self.strategy.is_main and self._log_handler is not None):
+            return  # not the writing rank, or failed before the run directory existed
         record = {
             **record,
             "run_id": self.params.run_id,
@@ -614,11 +618,6 @@ class Trainer:
         if handler is not None:
             logging.getLogger("candle").removeHandler(handler)
             handler.close()
-
-    def _best_checkpoint_path(self) -> Path | None:
-        if self._checkpoints is None:
-            return None
-        return self._checkpoints.best_path or self._checkpoints.last_path
 
     def _fire(self, event: str, *args: Any) -> None:
         for c in self._callbacks:
