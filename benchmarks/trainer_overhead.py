@@ -193,6 +193,13 @@ def memory_child(cfg: Config, variant: str) -> None:
     and the peak RSS while training (after resetting the high-water mark, where Linux can)."""
     torch.set_num_threads(1)
     data = make_data(cfg)
+    # One throwaway step of a tiny model first: the libraries' lazy start-up (kernels, autograd,
+    # optimizer) takes ~80 MB on the first step, the same for both variants; without this it
+    # would be counted as "growth while training".
+    tiny = build_mlp((8, 8, 1))
+    F.mse_loss(tiny(torch.ones(4, 8)), torch.zeros(4, 1)).backward()
+    torch.optim.Adam(tiny.parameters()).step()
+    del tiny
     import_peak = peak_rss_mb()
     reset = reset_peak_rss()
     before = current_rss_mb() or import_peak

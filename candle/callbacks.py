@@ -268,8 +268,6 @@ class ProgressBar(Callback):
 
     def on_epoch_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
         self._close()
-        shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k != "epoch")
-        log.info("epoch %d/%d: %s", trainer.epoch, trainer.params.epochs, shown)
 
     def on_fit_end(self, trainer: Trainer, result: FitResult) -> None:
         self._close()

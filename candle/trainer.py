@@ -526,6 +526,9 @@ class Trainer:
         value = metrics[self.monitor]
         if cb._improved(value, self._best[0] if self._best else None, self.params.monitor_mode):
             self._best = (value, dict(metrics))
+        if self.strategy.is_main:
+            shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k != "epoch")
+            log.info("epoch %d/%d: %s", self.epoch, self.params.epochs, shown)
         self._fire("on_epoch_end", metrics)
 
     def _check_finite(self, loss: torch.Tensor) -> None:
