@@ -55,11 +55,14 @@ class Config:
     batch_size: int = 128
     epochs: int = 3
     repeats: int = 5
+    memory_runs: int = 3  # fresh processes per variant for the peak-RSS figures
     learning_rate: float = 1e-3
     seed: int = 0
 
 
-QUICK = Config(dims=(64, 128, 128, 1), n_samples=1024, batch_size=64, epochs=2, repeats=2)
+QUICK = Config(
+    dims=(64, 128, 128, 1), n_samples=1024, batch_size=64, epochs=2, repeats=2, memory_runs=1
+)
 
 
 def build_mlp(dims: tuple[int, ...]) -> nn.Module:
@@ -229,6 +232,13 @@ def measure_memory(variant: str, argv: list[str]) -> dict[str, float]:
 # --------------------------------------------------------------------------- main
 
 
+def _loadavg() -> str:
+    try:
+        return f"{os.getloadavg()[0]:.2f}"
+    except OSError:
+        return "n/a"
+
+
 def _ms(seconds: float) -> str:
     return f"{seconds * 1e3:8.3f}"
 
@@ -251,6 +261,7 @@ def main() -> int:
         return 0
 
     torch.set_num_threads(1)
+    load_start = _loadavg()
     data = make_data(cfg)
     steps_per_epoch = -(-cfg.n_samples // cfg.batch_size)
     print(
@@ -304,7 +315,18 @@ def main() -> int:
             tr["wall"].append(t["wall"])
             hd["wall"].append(h["wall"])
 
-    mem = {v: measure_memory(v, child_argv) for v in ("trainer", "hand")}
+    load_end = _loadavg()
+    # Each memory figure: the median of `memory_runs` fresh processes per variant (alternating),
+    # as the peak RSS moves by a few MB from one identical run to the next (allocator).
+    runs: dict[str, list[dict[str, float]]] = {"trainer": [], "hand": []}
+    for _ in range(cfg.memory_runs):
+        for v in ("trainer", "hand"):
+            runs[v].append(measure_memory(v, child_argv))
+    mem = {v: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for v, rs in runs.items()}
+    mem_range = {
+        v: (min(r["process_peak_mb"] for r in rs), max(r["process_peak_mb"] for r in rs))
+        for v, rs in runs.items()
+    }
 
     med_t, med_h = statistics.median(tr["times"]), statistics.median(hd["times"])
     step_ratio = med_t / med_h
@@ -345,12 +367,22 @@ def main() -> int:
     for label, a, b, r in rows:
         shown = f"{r:9.4f}" if r is not None else ""
         print(f"{label:32s}{a:12.3f}{b:12.3f}{shown}")
+    print(
+        f"peak RSS is the median of {cfg.memory_runs} fresh process(es) per variant; range "
+        f"Trainer {mem_range['trainer'][0]:.1f}-{mem_range['trainer'][1]:.1f} MB, "
+        f"hand loop {mem_range['hand'][0]:.1f}-{mem_range['hand'][1]:.1f} MB; the libraries' "
+        "start-up (first step) is done before 'before training'"
+    )
     if not (mt["reset"] and mh["reset"]):
         print("(the peak could not be reset after imports here: 'while training' = whole process)")
     print(
         f"steps timed per variant: {len(tr['times'])}; per-pair median ratios: "
         f"min {min(pair_ratios):.4f}, median {statistics.median(pair_ratios):.4f}, "
         f"max {max(pair_ratios):.4f}"
+    )
+    print(
+        f"1-min load average: {load_start} at start, {load_end} at end of the timed pairs "
+        f"({os.cpu_count()} CPUs; other processes share them)"
     )
     print(f"losses compared: {n_compared} steps, max |trainer - hand| = {max_diff:.3g}")
 

@@ -104,11 +104,13 @@ class TimeLimit(Callback):
     """Stop cleanly before a wall-clock limit (a batch job's), leaving a checkpoint to resume from.
 
     Training stops once the elapsed time plus one more step (the slowest seen) and a margin
-    for the final checkpoint would pass the limit.
+    for the final checkpoint would pass the limit. Clocks differ between ranks, so with several
+    ranks the decision is all-reduced (any rank out of time stops all) every ``sync_every``
+    steps, at the same step on every rank.
     """
 
-    def __init__(self, seconds: float, margin_s: float = 1.0):
-        self.seconds, self.margin_s = seconds, margin_s
+    def __init__(self, seconds: float, margin_s: float = 1.0, sync_every: int = 10):
+        self.seconds, self.margin_s, self.sync_every = seconds, margin_s, sync_every
         self._start = time.monotonic()
         self._last = self._start
         self._slowest_step = 0.0
@@ -120,12 +122,22 @@ class TimeLimit(Callback):
         now = time.monotonic()
         self._slowest_step = max(self._slowest_step, now - self._last)
         self._last = now
-        if now - self._start + self._slowest_step + self.margin_s >= self.seconds:
-            trainer.request_stop("time_limit", f"time limit of {self.seconds:g} s reached")
+        sync = trainer.strategy.world_size > 1
+        if sync and trainer.global_step % self.sync_every:
+            return
+        # look ahead over the steps until the next check
+        ahead = self._slowest_step * (self.sync_every if sync else 1)
+        self._decide(trainer, now - self._start + ahead + self.margin_s >= self.seconds)
 
     def on_epoch_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
         self._last = time.monotonic()  # validation time is not a step
-        if self._last - self._start + self.margin_s >= self.seconds:
+        self._decide(trainer, self._last - self._start + self.margin_s >= self.seconds)
+
+    def _decide(self, trainer: Trainer, out_of_time: bool) -> None:
+        if trainer.strategy.world_size > 1:
+            flag = torch.tensor([float(out_of_time)], device=trainer.device)
+            out_of_time = bool(trainer.strategy.all_reduce(flag, op="max").item())
+        if out_of_time:
             trainer.request_stop("time_limit", f"time limit of {self.seconds:g} s reached")
 
 
@@ -300,9 +312,10 @@ def default_callbacks(trainer: Trainer) -> list[Callback]:
         )
     if p.time_limit > 0:
         cbs.append(TimeLimit(p.time_limit))
-    if not trainer.strategy.is_main:
-        return cbs  # only rank 0 writes checkpoints and logs
+    # Every rank takes part in a checkpoint (it gathers per-rank state); only rank 0 writes.
     cbs.append(Checkpointing(p.checkpoint_every, p.checkpoint_every_steps))
+    if not trainer.strategy.is_main:
+        return cbs  # only rank 0 writes logs
     if p.metrics_log != "off":
         cbs.append(MetricsLogger(run_dir / f"metrics.{p.metrics_log}", p.metrics_log))
     if p.tensorboard:

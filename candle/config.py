@@ -218,8 +218,17 @@ class Params:
     threads: int = param(0, min=0, help="torch.set_num_threads; 0 = leave as is")
     num_workers: int = param(0, min=0, help="DataLoader worker processes")
     strategy: str = param(
-        "auto", choices=("auto", "single", "horovod", "ddp"), help="distributed strategy"
+        "auto",
+        choices=("auto", "single", "horovod", "ddp"),
+        help="distributed strategy; auto detects horovodrun / torchrun from the environment",
     )
+    lr_scaling: str = param(
+        "none",
+        choices=("none", "linear", "sqrt"),
+        help="scale learning_rate by the number of ranks (x N or x sqrt N); logged at start",
+    )
+    fp16_allreduce: bool = param(False, help="compress gradients to fp16 for the all-reduce")
+    adasum: bool = param(False, help="Horovod: Adasum reduction instead of averaging")
     # checkpoints and logs
     checkpoint_every: int = param(1, min=0, help="epochs between checkpoints; 0 = only at the end")
     checkpoint_every_steps: int = param(

@@ -149,7 +149,7 @@ class Trainer:
             )
         self.params = params
         self.user_callbacks = list(callbacks)
-        self.strategy: Strategy = strategy or resolve_strategy(params.strategy)
+        self.strategy: Strategy = strategy or resolve_strategy(params.strategy, params)
         self.model: nn.Module | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: Any = None
@@ -366,29 +366,34 @@ class Trainer:
         return record
 
     def save_checkpoint(self, metric: float | None = None) -> Path | None:
-        """Write a full-state checkpoint now (main rank only; a no-op elsewhere)."""
+        """Write a full-state checkpoint now. Collective: every rank calls it (each contributes
+        its RNG state and loss accumulators); only the main rank writes, and returns the path."""
+        state = self.state_dict()
         if not self.strategy.is_main:
             return None
-        path = self._checkpoints.save(
-            self.state_dict(), epoch=self.epoch, step=self.global_step, metric=metric
-        )
+        path = self._checkpoints.save(state, epoch=self.epoch, step=self.global_step, metric=metric)
         self._fire("on_checkpoint", path)
         return path
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything an exact resume needs."""
+        """Everything an exact resume needs. Collective under several ranks: the per-rank parts
+        (RNG states, this epoch's loss sums) are gathered from every rank."""
+        mine = {
+            "rng": capture_rng_state(),
+            "epoch_loss": self._epoch_loss.detach().cpu().clone(),
+            "epoch_samples": self._epoch_samples,
+        }
         return {
             "model": self._unwrapped().state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self._scaler.state_dict() if self._scaler else None,
-            "rng": capture_rng_state(),
+            "ranks": self.strategy.all_gather_object(mine),
+            "lr_scale": self.lr_scale,
             "progress": {
                 "epoch": self.epoch,
                 "batch_in_epoch": self.batch_in_epoch,
                 "global_step": self.global_step,
-                "epoch_loss": self._epoch_loss.detach().cpu().clone(),
-                "epoch_samples": self._epoch_samples,
                 "elapsed_s": self._elapsed(),
             },
             "history": self.history,
@@ -408,8 +413,6 @@ class Trainer:
         prog = state["progress"]
         self.epoch, self.batch_in_epoch = prog["epoch"], prog["batch_in_epoch"]
         self.global_step = prog["global_step"]
-        self._epoch_loss = prog["epoch_loss"].to(self.device)
-        self._epoch_samples = prog["epoch_samples"]
         self._elapsed_before = prog["elapsed_s"]
         self.history = list(state["history"])
         self._best = (state["best"][0], dict(state["best"][1])) if state["best"] else None
@@ -418,7 +421,34 @@ class Trainer:
             key = f"{i}:{type(c).__name__}"
             if key in saved:
                 c.load_state_dict(saved[key])
-        restore_rng_state(state["rng"])  # last: building the objects above may draw numbers
+        self._rescale_lr(state.get("lr_scale", 1.0))
+        ranks, rank, world = state["ranks"], self.strategy.rank, self.strategy.world_size
+        if len(ranks) == world:  # the common case: an exact continuation
+            self._epoch_loss = ranks[rank]["epoch_loss"].to(self.device)
+            self._epoch_samples = ranks[rank]["epoch_samples"]
+            restore_rng_state(ranks[rank]["rng"])  # last: building the objects drew numbers
+            return
+        # A different number of ranks (elastic training, or a job restarted at another size).
+        # Rank r's k-th batch covers order[k*W + r], so k batches on each of W ranks cover the
+        # first k*W*batch_size samples of the epoch's order: continue from the same sample on
+        # the new ranks. The epoch's loss sums move to rank 0 (the epoch end sums over ranks).
+        accum = self.params.grad_accum_steps
+        done = self.batch_in_epoch * len(ranks)
+        self.batch_in_epoch = -(-done // world // accum) * accum
+        if rank == 0:
+            self._epoch_loss = sum(r["epoch_loss"] for r in ranks).to(self.device)
+            self._epoch_samples = sum(r["epoch_samples"] for r in ranks)
+        restore_rng_state(ranks[min(rank, len(ranks) - 1)]["rng"])
+        if rank >= len(ranks):
+            torch.manual_seed(self.params.seed + 7919 * rank + self.global_step)
+        log.warning(
+            "checkpoint was written by %d rank(s), resuming on %d: continuing epoch %d at "
+            "micro-batch %d of each rank; the run is no longer bitwise reproducible",
+            len(ranks),
+            world,
+            self.epoch + 1,
+            self.batch_in_epoch,
+        )
 
     def params_dict(self) -> dict[str, Any]:
         return params_to_dict(self.params)
@@ -443,12 +473,13 @@ class Trainer:
         if not p.run_id:
             self.params = dataclasses.replace(p, run_id=self.run_dir.name)
             p = self.params
-        if strategy.is_main:
+        if strategy.is_main:  # only rank 0 writes into the run directory
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self._log_handler = _attach_file_log(self.run_dir / "train.log")
-        self._checkpoints = CheckpointManager(
-            self.run_dir / "checkpoints", keep_last=p.keep_checkpoints, mode=p.monitor_mode
-        )
+            self._checkpoints = CheckpointManager(
+                self.run_dir / "checkpoints", keep_last=p.keep_checkpoints, mode=p.monitor_mode
+            )
+        strategy.barrier()
         self._precision = _resolve_precision(p.precision, self.device)
         self.model = self.build_model().to(self.device)
         self._data = self._normalize_data(self.build_data())
@@ -456,6 +487,7 @@ class Trainer:
         self.steps_per_epoch = -(-train_len // p.grad_accum_steps)
         total_steps = p.max_steps or self.steps_per_epoch * p.epochs
         self.optimizer = self.build_optimizer(self.model)
+        self._scale_lr(self.optimizer)
         self.scheduler = self.build_scheduler(self.optimizer, total_steps)
         self._scaler = torch.amp.GradScaler("cuda") if self._precision == torch.float16 else None
         self.model, self.optimizer = strategy.wrap(self.model, self.optimizer, p.grad_accum_steps)
@@ -466,24 +498,7 @@ class Trainer:
             self.monitor = "train_loss"
         self._callbacks = cb.default_callbacks(self) + self.user_callbacks
         if p.resume:
-            record = self._checkpoints.load_latest()
-            if record is None:
-                log.info("resume: no checkpoint in %s, starting fresh", self.run_dir)
-            else:
-                try:
-                    self.load_state_dict(record["state"])
-                except (KeyError, RuntimeError, ValueError) as e:
-                    raise CheckpointError(
-                        f"checkpoint {self._checkpoints.last_path} does not fit this run's model "
-                        f"or optimizer ({e}); resume with the params it was written with, or start "
-                        "a new run (resume=false or another run_id)"
-                    ) from e
-                log.info(
-                    "resumed from %s (epoch %d, step %d)",
-                    self._checkpoints.last_path,
-                    self.epoch,
-                    self.global_step,
-                )
+            self._resume()
         strategy.broadcast_state(self.model, self.optimizer)
         if strategy.is_main:
             save_params(self.params, self.run_dir / "params.yaml")
@@ -493,6 +508,67 @@ class Trainer:
                 type(strategy).__name__,
                 self.steps_per_epoch,
                 _precision_name(self._precision),
+            )
+
+    def _resume(self) -> None:
+        """Restore the latest good checkpoint. Rank 0 chooses it (falling back past corrupt
+        ones); every rank then loads that same file from the shared run directory."""
+        strategy = self.strategy
+        record = self._checkpoints.load_latest() if strategy.is_main else None
+        where = None
+        if record is not None:
+            where = str(self._checkpoints.path_for(record["epoch"], record["step"]))
+        where = strategy.broadcast_object(where)
+        if where is None:
+            log.info("resume: no checkpoint in %s, starting fresh", self.run_dir)
+            return
+        if record is None:
+            reader = CheckpointManager(Path(where).parent, mode=self.params.monitor_mode)
+            record = reader.load(where)
+        try:
+            self.load_state_dict(record["state"])
+        except (KeyError, RuntimeError, ValueError) as e:
+            raise CheckpointError(
+                f"checkpoint {where} does not fit this run's model or optimizer ({e}); resume "
+                "with the params it was written with, or start a new run (resume=false or "
+                "another run_id)"
+            ) from e
+        log.info("resumed from %s (epoch %d, step %d)", where, self.epoch, self.global_step)
+
+    @property
+    def lr_scale(self) -> float:
+        """The factor ``lr_scaling`` applies to the learning rate for this many ranks."""
+        n = self.strategy.world_size
+        return {"none": 1.0, "linear": float(n), "sqrt": math.sqrt(n)}[self.params.lr_scaling]
+
+    def _rescale_lr(self, saved_scale: float) -> None:
+        """After loading a checkpoint written at another world size, move every learning rate
+        (current, initial and the scheduler's base) from the saved scale to this one."""
+        ratio = self.lr_scale / saved_scale
+        if ratio == 1.0:
+            return
+        for group in self.optimizer.param_groups:
+            group["lr"] *= ratio
+            if "initial_lr" in group:
+                group["initial_lr"] *= ratio
+        if hasattr(self.scheduler, "base_lrs"):
+            self.scheduler.base_lrs = [lr * ratio for lr in self.scheduler.base_lrs]
+        log.info("learning rates rescaled x %g for %d ranks", ratio, self.strategy.world_size)
+
+    def _scale_lr(self, optimizer: torch.optim.Optimizer) -> None:
+        """Apply ``lr_scaling`` for the number of ranks: explicit and logged, never silent."""
+        p, n, factor = self.params, self.strategy.world_size, self.lr_scale
+        for group in optimizer.param_groups:
+            group["lr"] *= factor
+        if n > 1 or factor != 1.0:
+            log.info(
+                "lr_scaling=%s: %d rank(s), learning rate %g x %g = %g (warmup_steps=%d)",
+                p.lr_scaling,
+                n,
+                p.learning_rate,
+                factor,
+                p.learning_rate * factor,
+                p.warmup_steps,
             )
 
     def _end_epoch(self, val_data: Any) -> None:
@@ -671,20 +747,11 @@ class Trainer:
         return self._data[data]
 
     def _loader_len(self, data: Any) -> int:
-        """Number of micro-batches per epoch on this rank."""
+        """Number of training micro-batches per epoch on this rank (equal on every rank)."""
         if isinstance(data, DataLoader):
             return len(data)
-        n = len(
-            rank_indices(
-                len(data),
-                seed=0,
-                epoch=0,
-                rank=self.strategy.rank,
-                world_size=self.strategy.world_size,
-                shuffle=False,
-            )
-        )
-        return -(-n // self.params.batch_size)
+        per_rank = -(-len(data) // self.strategy.world_size)  # padded, see rank_indices
+        return -(-per_rank // self.params.batch_size)
 
     def _loader(self, data: Any, *, train: bool, epoch: int, skip: int) -> Iterable[Any]:
         """Batches for one epoch, after skipping ``skip`` micro-batches (mid-epoch resume).
@@ -708,6 +775,7 @@ class Trainer:
             rank=s.rank,
             world_size=s.world_size,
             shuffle=train,
+            pad=train,
         )[skip * bs :]
         gen = torch.Generator()
         gen.manual_seed(p.seed * 7919 + epoch)

@@ -59,10 +59,13 @@ class Strategy(Protocol):
         """Reduce gradients, unscale, clip to ``max_norm`` (0 = off) and step; returns the norm."""
 
     def all_reduce(self, tensor: torch.Tensor, op: str = "mean") -> torch.Tensor:
-        """Reduce ``tensor`` over ranks (``op``: ``mean`` or ``sum``); returns the result."""
+        """Reduce ``tensor`` over ranks (``op``: ``mean``, ``sum`` or ``max``); returns it."""
 
     def broadcast_object(self, obj: Any, src: int = 0) -> Any:
         """Send a picklable object from ``src`` to every rank."""
+
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        """Every rank's ``obj``, in rank order, on every rank."""
 
     def barrier(self) -> None: ...
 
@@ -70,12 +73,15 @@ class Strategy(Protocol):
 
 
 def rank_indices(
-    n: int, *, seed: int, epoch: int, rank: int, world_size: int, shuffle: bool
+    n: int, *, seed: int, epoch: int, rank: int, world_size: int, shuffle: bool, pad: bool = True
 ) -> list[int]:
     """Sample indices for one rank and epoch: a deterministic function of (seed, epoch, world size).
 
-    Every rank gets the same number of indices (the permutation is padded by wrapping around,
-    as ``DistributedSampler`` does) so ranks run equal batch counts and never deadlock.
+    Rank ``r`` takes every ``world_size``-th sample of the epoch's order, starting at ``r``, so
+    after ``k`` samples on every rank exactly the first ``k * world_size`` of the order are done.
+    With ``pad`` (training) every rank gets the same number of indices (the order wraps around,
+    as ``DistributedSampler`` does) so ranks run equal batch counts and never deadlock; without
+    it (evaluation) no sample is counted twice.
     """
     if shuffle:
         g = torch.Generator()
@@ -84,10 +90,10 @@ def rank_indices(
     else:
         order = list(range(n))
     if world_size > 1 and n > 0:
-        per_rank = -(-n // world_size)
-        total = per_rank * world_size
-        order = (order * (total // n + 1))[:total]
-        order = order[rank:total:world_size]
+        if pad:
+            total = -(-n // world_size) * world_size
+            order = (order * (total // n + 1))[:total]
+        order = order[rank::world_size]
     return order
 
 
@@ -154,6 +160,9 @@ class SingleProcess:
 
     def broadcast_object(self, obj: Any, src: int = 0) -> Any:
         return obj
+
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        return [obj]
 
     def barrier(self) -> None:
         pass
