@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import logging
 import math
 import os
@@ -749,7 +750,22 @@ class Trainer:
     def _loader_len(self, data: Any) -> int:
         """Number of training micro-batches per epoch on this rank (equal on every rank)."""
         if isinstance(data, DataLoader):
-            return len(data)
+            if self.strategy.world_size == 1:
+                return len(data)
+            # A user's per-rank loaders may differ in length; a rank that runs more steps than
+            # the others would wait forever in an all-reduce, so every rank runs the shortest.
+            n = torch.tensor([float(len(data))], device=self.device)
+            shortest = int(self.strategy.all_reduce(n, op="min").item())
+            if shortest < len(data):
+                log.warning(
+                    "rank %d: training loader has %d batches, the shortest rank's has %d; "
+                    "using %d per epoch on every rank",
+                    self.strategy.rank,
+                    len(data),
+                    shortest,
+                    shortest,
+                )
+            return shortest
         per_rank = -(-len(data) // self.strategy.world_size)  # padded, see rank_indices
         return -(-per_rank // self.params.batch_size)
 
@@ -765,7 +781,7 @@ class Trainer:
             sampler = getattr(data, "sampler", None)
             if hasattr(sampler, "set_epoch"):
                 sampler.set_epoch(epoch)
-            return _Skip(data, skip)
+            return _Skip(data, skip, self._loader_len(data) if train else len(data))
         bs = p.batch_size if train else (p.eval_batch_size or p.batch_size)
         s = self.strategy
         indices = rank_indices(
@@ -788,19 +804,16 @@ class Trainer:
 
 
 class _Skip:
-    """A user DataLoader with its first ``skip`` batches dropped (mid-epoch resume)."""
+    """Batches ``skip`` to ``stop`` of a user DataLoader (mid-epoch resume, equal counts)."""
 
-    def __init__(self, loader: DataLoader, skip: int):
-        self.loader, self.skip = loader, skip
+    def __init__(self, loader: DataLoader, skip: int, stop: int):
+        self.loader, self.skip, self.stop = loader, skip, stop
 
     def __len__(self) -> int:
-        return len(self.loader) - self.skip
+        return self.stop - self.skip
 
     def __iter__(self) -> Iterator[Any]:
-        it = iter(self.loader)
-        for _ in range(self.skip):
-            next(it)
-        return it
+        return itertools.islice(self.loader, self.skip, self.stop)
 
 
 def _seed_everything(seed: int, deterministic: bool) -> None:

@@ -59,7 +59,7 @@ class Strategy(Protocol):
         """Reduce gradients, unscale, clip to ``max_norm`` (0 = off) and step; returns the norm."""
 
     def all_reduce(self, tensor: torch.Tensor, op: str = "mean") -> torch.Tensor:
-        """Reduce ``tensor`` over ranks (``op``: ``mean``, ``sum`` or ``max``); returns it."""
+        """Reduce ``tensor`` over ranks (``op``: mean, sum, min or max); returns the result."""
 
     def broadcast_object(self, obj: Any, src: int = 0) -> Any:
         """Send a picklable object from ``src`` to every rank."""
