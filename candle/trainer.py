@@ -284,8 +284,9 @@ class Trainer:
             reason = self._stop[0] if self._stop else "epochs"
             result = self._make_result(reason, started)
             self._fire("on_fit_end", result)  # the final checkpoint is written here
-            result.last_checkpoint_path = self._checkpoints.last_path
-            result.checkpoint_path = self._checkpoints.best_path or result.last_checkpoint_path
+            if self._checkpoints is not None:  # rank 0 only
+                result.last_checkpoint_path = self._checkpoints.last_path
+                result.checkpoint_path = self._checkpoints.best_path or result.last_checkpoint_path
             self._write_result(self._result_record(result), started)
             if strategy.is_main:
                 log.info(
