@@ -490,9 +490,11 @@ class Trainer:
         total_steps = p.max_steps or self.steps_per_epoch * p.epochs
         self.optimizer = self.build_optimizer(self.model)
         self._scale_lr(self.optimizer)
+        # Wrap first: Horovod's DistributedOptimizer is a new object, and the LR scheduler
+        # must drive the optimizer that actually steps.
+        self.model, self.optimizer = strategy.wrap(self.model, self.optimizer, p.grad_accum_steps)
         self.scheduler = self.build_scheduler(self.optimizer, total_steps)
         self._scaler = torch.amp.GradScaler("cuda") if self._precision == torch.float16 else None
-        self.model, self.optimizer = strategy.wrap(self.model, self.optimizer, p.grad_accum_steps)
         self._parameters = [q for q in self.model.parameters() if q.requires_grad]
         self._epoch_loss = torch.zeros((), device=self.device)
         if "val" not in self._data and self.monitor.startswith("val_"):

@@ -1,0 +1,283 @@
+"""Horovod: data-parallel training started by ``horovodrun`` (Gloo or MPI, CPUs or GPUs).
+
+Launch any Trainer under ``horovodrun``; ``strategy=auto`` sees ``HOROVOD_RANK``/``HOROVOD_SIZE``
+and picks this strategy::
+
+    horovodrun -np 4 -H host1:2,host2:2 python -m candle train --trainer mypkg.models:MyTrainer
+    horovodrun -np 2 -H localhost:2 --gloo python train.py lr_scaling=linear   # one machine
+
+``-H host:slots`` starts ``slots`` processes on ``host``; give each node as many slots as it has
+GPUs. Every process pins the GPU of its *local* rank (``torch.cuda.set_device(local_rank)``) and
+trains on ``cuda:<local_rank>``; without CUDA every process trains on the CPU. Only rank 0
+writes the run directory (logs, metrics, checkpoints); it must be on a filesystem every node
+sees, because a resumed job reads the checkpoint on every rank.
+
+``batch_size`` is per process, so N processes take steps N times as large. Horovod's advice is
+to scale the learning rate with them; candle does it only when asked: ``lr_scaling=linear``
+(x N) or ``sqrt`` (x sqrt N), logged at start, best with ``warmup_steps``. Gradients are
+averaged, so ``np=N`` with batch ``b`` follows the same trajectory as one process with batch
+``N*b``. ``fp16_allreduce=true`` halves the all-reduce traffic; ``adasum=true`` reduces with
+Adasum instead of averaging (needs Horovod's MPI controller; not with ``grad_clip`` or fp16
+gradient scaling, because Adasum applies the optimizer before reducing).
+
+Building Horovod: ``scripts/install_horovod.sh .venv`` builds 0.28.1 against the installed
+torch with Gloo for CPU collectives. On a GPU cluster export the build variables first, e.g.
+``HOROVOD_GPU_OPERATIONS=NCCL HOROVOD_WITH_MPI=1 HOROVOD_FORCE_REBUILD=1
+scripts/install_horovod.sh .venv`` (``HOROVOD_NCCL_HOME`` if NCCL is not on a system path);
+``horovodrun --check-build`` lists what was built in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import weakref
+from collections.abc import Sequence
+from typing import Any
+
+import horovod.torch as hvd
+import torch
+from torch import nn
+
+from candle.errors import ConfigError, StrategyError
+
+__all__ = ["HorovodStrategy"]
+
+_OPS = {"mean": hvd.Average, "sum": hvd.Sum, "min": hvd.Min, "max": hvd.Max}
+
+
+class HorovodStrategy:
+    """One process per device under ``horovodrun``; gradients all-reduced by
+    ``hvd.DistributedOptimizer``. The model itself is not wrapped."""
+
+    def __init__(self, *, fp16_allreduce: bool = False, adasum: bool = False):
+        self.fp16_allreduce = fp16_allreduce
+        self.adasum = adasum
+        # What the launcher says until setup() asks Horovod itself.
+        env = os.environ
+        self.rank = int(env.get("HOROVOD_RANK", "0"))
+        self.local_rank = int(env.get("HOROVOD_LOCAL_RANK", "0"))
+        self.world_size = int(env.get("HOROVOD_SIZE", "1"))
+        # user optimizer -> its distributed twin, so a second wrap() returns the first result
+        self._wrapped: weakref.WeakKeyDictionary[torch.optim.Optimizer, torch.optim.Optimizer]
+        self._wrapped = weakref.WeakKeyDictionary()
+
+    @classmethod
+    def from_params(cls, params: object | None = None) -> HorovodStrategy:
+        """Options from the run's Params (``fp16_allreduce``, ``adasum``); None -> defaults."""
+        adasum = bool(getattr(params, "adasum", False))
+        if adasum and getattr(params, "grad_clip", 0.0) > 0:
+            raise ConfigError(
+                f"adasum=true cannot be combined with grad_clip={params.grad_clip}: Adasum "
+                "applies the optimizer to each rank's own gradients before reducing, so there "
+                "is no global gradient to clip; set grad_clip=0 or adasum=false"
+            )
+        return cls(fp16_allreduce=bool(getattr(params, "fp16_allreduce", False)), adasum=adasum)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def setup(self) -> None:
+        if not hvd.is_initialized():  # a second fit() in the same process reuses the job
+            hvd.init()
+        self.rank, self.local_rank, self.world_size = hvd.rank(), hvd.local_rank(), hvd.size()
+        if self.adasum and not hvd.mpi_enabled():
+            raise StrategyError(
+                "adasum=true needs Horovod's MPI controller (Horovod built with "
+                "HOROVOD_WITH_MPI=1, started with `horovodrun --mpi`), but this job runs on "
+                "Gloo; set adasum=false or rebuild Horovod with MPI"
+            )
+        if torch.cuda.is_available():
+            torch.cuda.set_device(self._gpu())
+
+    def device(self, requested: str) -> torch.device:
+        if requested == "cpu":
+            return torch.device("cpu")
+        if not torch.cuda.is_available():
+            if requested == "auto":
+                return torch.device("cpu")
+            raise StrategyError(
+                f"device={requested!r} was asked for but CUDA is not available on this machine "
+                f"(rank {self.rank}); use device=auto or device=cpu"
+            )
+        # "auto" and "cuda" mean this process's GPU; "cuda:N" is taken as given.
+        return torch.device(requested if ":" in requested else f"cuda:{self._gpu()}")
+
+    def _gpu(self) -> int:
+        count = torch.cuda.device_count()
+        if self.local_rank < count:
+            return self.local_rank
+        if count == 1:  # the scheduler shows each process only its own GPU
+            return 0
+        raise StrategyError(
+            f"local rank {self.local_rank} has no GPU: {count} are visible on this node; start "
+            "at most one process per GPU (horovodrun -H host:<number of GPUs>)"
+        )
+
+    def wrap(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer, accum_steps: int
+    ) -> tuple[nn.Module, torch.optim.Optimizer]:
+        """``hvd.DistributedOptimizer`` around ``optimizer``: gradients of each parameter are
+        all-reduced (averaged) in the background once ``accum_steps`` backward passes have
+        accumulated them. Wrapping the same optimizer again returns the same object; an
+        already distributed optimizer is returned as it is."""
+        wrapped = self._wrapped.get(optimizer)
+        if wrapped is None and _is_distributed(optimizer):
+            wrapped = optimizer  # ours from an earlier call, or one the user made
+        if wrapped is not None:
+            _fit_torch_contract(type(wrapped))
+            if wrapped.backward_passes_per_step != accum_steps:
+                raise StrategyError(
+                    f"the optimizer was already wrapped for {wrapped.backward_passes_per_step} "
+                    f"backward passes per step, now asked for {accum_steps}; wrap the "
+                    "unwrapped optimizer once, with the final grad_accum_steps"
+                )
+            return model, wrapped
+        try:
+            wrapped = hvd.DistributedOptimizer(
+                optimizer,
+                named_parameters=model.named_parameters(),
+                backward_passes_per_step=accum_steps,
+                compression=hvd.Compression.fp16 if self.fp16_allreduce else hvd.Compression.none,
+                op=hvd.Adasum if self.adasum else hvd.Average,
+            )
+        except ValueError as e:
+            raise StrategyError(
+                f"Horovod cannot wrap this optimizer ({e}); build_optimizer() must optimize "
+                "parameters of the model it is given (model.parameters())"
+            ) from e
+        _fit_torch_contract(type(wrapped))
+        if optimizer.state:  # e.g. loaded before wrapping: keep it
+            wrapped.load_state_dict(optimizer.state_dict())
+        self._wrapped[optimizer] = wrapped
+        return model, wrapped
+
+    def broadcast_state(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        """Rank 0's optimizer state, then its parameters and buffers, to every rank.
+
+        A fresh optimizer has no state, and ``hvd.broadcast_optimizer_state`` would create it
+        with a zero-gradient step: that counts an Adam step (changing its bias correction) and
+        applies weight decay. So only the hyperparameters are sent then; the state follows
+        once there is one (after a resume).
+        """
+        root_has_state = self.broadcast_object(len(optimizer.state) > 0)
+        if root_has_state:
+            # a rank without state makes it with that zero step; the broadcast overwrites it
+            hvd.broadcast_optimizer_state(optimizer, root_rank=0)
+        else:
+            optimizer.state.clear()
+            groups = optimizer.param_groups
+            options = [{k: v for k, v in g.items() if k != "params"} for g in groups]
+            for group, root in zip(groups, self.broadcast_object(options), strict=True):
+                group.update(root)
+        # last: the zero step above may have moved parameters (weight decay)
+        hvd.broadcast_parameters(model.state_dict(), root_rank=0)
+
+    def no_sync(self, model: nn.Module) -> contextlib.AbstractContextManager[Any]:
+        """Nothing to do: the DistributedOptimizer counts backward passes itself.
+
+        Each parameter's all-reduce starts in the background on the ``accum_steps``-th backward
+        pass. A shorter last group of an epoch never reaches that count; its gradients are
+        then reduced in ``optimizer_step`` (``synchronize()`` reduces whatever has not been,
+        and resets every count), so each optimizer step still reduces each gradient once.
+        """
+        return contextlib.nullcontext()
+
+    def optimizer_step(
+        self,
+        optimizer: torch.optim.Optimizer,
+        parameters: Sequence[torch.Tensor],
+        *,
+        scaler: torch.amp.GradScaler | None,
+        max_norm: float,
+    ) -> torch.Tensor | None:
+        if not _is_distributed(optimizer):
+            raise StrategyError("optimizer_step() needs the optimizer that wrap() returned")
+        if self.adasum and self.world_size > 1:
+            if scaler is not None or max_norm > 0:
+                raise StrategyError(
+                    "adasum=true works without gradient clipping and fp16 gradient scaling "
+                    "only; set grad_clip=0 and precision=32 or bf16, or adasum=false"
+                )
+            optimizer.step()  # Adasum's step applies the optimizer, then reduces the deltas
+            return None
+        # Wait for the all-reduces: from here the gradients are the average over ranks, so
+        # unscaling, the inf check and the clipping norm are the same on every rank.
+        optimizer.synchronize()
+        norm = None
+        if scaler is not None:
+            scaler.unscale_(optimizer)
+        if max_norm > 0:
+            norm = torch.nn.utils.clip_grad_norm_(parameters, max_norm)
+        with optimizer.skip_synchronize():  # do not reduce (the clipped gradients) again
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+        return norm
+
+    # Collectives. Horovod matches operations across ranks by name; its default names come
+    # from the object's type or a per-process counter, which differ between ranks when, say,
+    # rank 0 broadcasts a str and the others pass None. Fixed names are safe because every
+    # call here completes before it returns.
+    def all_reduce(self, tensor: torch.Tensor, op: str = "mean") -> torch.Tensor:
+        if op not in _OPS:
+            raise ValueError(f"all_reduce op must be one of {sorted(_OPS)}, got {op!r}")
+        return hvd.allreduce(tensor, name=f"candle.all_reduce.{op}", op=_OPS[op])
+
+    def broadcast_object(self, obj: Any, src: int = 0) -> Any:
+        return hvd.broadcast_object(obj, root_rank=src, name="candle.broadcast_object")
+
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        return hvd.allgather_object(obj, name="candle.all_gather_object")
+
+    def barrier(self) -> None:
+        hvd.barrier()
+
+    def shutdown(self) -> None:
+        """Nothing: ``hvd.init()`` registered ``hvd.shutdown`` to run at exit, the right time.
+        Earlier would pull the job out from under a second ``fit()`` or the user's own ``hvd``
+        calls; with MPI, Horovod finalizes MPI if it initialised it, and MPI cannot be
+        initialised twice in one process."""
+
+
+def _is_distributed(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether ``optimizer`` came from ``hvd.DistributedOptimizer`` (its class is made there)."""
+    return type(optimizer).__module__ == hvd.DistributedOptimizer.__module__
+
+
+def _fit_torch_contract(cls: type) -> None:
+    """Make a DistributedOptimizer class honour two parts of ``torch.optim.Optimizer``'s
+    contract that Horovod 0.28.1 breaks. ``cls`` is made anew by each DistributedOptimizer call,
+    so this changes that one optimizer only.
+
+    - ``zero_grad(set_to_none=...)``: Horovod's override takes no argument.
+    - ``load_state_dict`` replaces the param-group dicts, which the optimizer it wraps (and an
+      LR scheduler built on that one) share with it: after a resume the scheduler would set
+      learning rates the optimizer no longer reads. Keep the dicts, update their contents.
+    """
+    if cls.__dict__.get("_candle_fitted"):
+        return
+    load = cls.load_state_dict
+
+    def zero_grad(self: Any, set_to_none: bool = True) -> None:
+        if self._handles:
+            raise StrategyError(
+                "optimizer.zero_grad() was called after backward() but before step(): "
+                "gradients are being all-reduced; step (or synchronize) first"
+            )
+        super(cls, self).zero_grad(set_to_none=set_to_none)
+
+    def load_state_dict(self: Any, state_dict: dict[str, Any]) -> None:
+        groups = self.param_groups
+        load(self, state_dict)
+        for shared, loaded in zip(groups, self.param_groups, strict=True):
+            shared.clear()
+            shared.update(loaded)
+        self.param_groups = groups
+
+    cls.zero_grad = zero_grad
+    cls.load_state_dict = load_state_dict
+    cls._candle_fitted = True
