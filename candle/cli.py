@@ -109,7 +109,12 @@ def _train(argv: list[str]) -> int:
         return 0
     params = load_params(cls.params_class, argv=rest)
     trainer = cls(params)
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    finally:
+        trainer.strategy.shutdown()
+    if not trainer.strategy.is_main:
+        return EXIT_INTERRUPTED if result.status == "interrupted" else 0
     shown = ", ".join(f"{k}={v:.4g}" for k, v in result.last_metrics.items() if k != "epoch")
     print(f"{result.status} ({result.stop_reason}) after {len(result.history)} epochs: {shown}")
     if result.objective is not None:
