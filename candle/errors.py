@@ -6,7 +6,9 @@ __all__ = [
     "CandleError",
     "CheckpointError",
     "ConfigError",
+    "DataError",
     "NonFiniteLossError",
+    "ShardError",
     "StrategyError",
     "TrainingError",
 ]
@@ -34,3 +36,12 @@ class NonFiniteLossError(TrainingError):
 
 class StrategyError(CandleError):
     """A distributed strategy was asked for but cannot be set up."""
+
+
+class DataError(CandleError, ValueError):
+    """Input data cannot be packed or read: a missing column, a bad value, an unreadable file."""
+
+
+class ShardError(DataError):
+    """A shard dataset is damaged: a manifest that does not match its shards, a missing,
+    truncated or altered shard file, or a path that points outside the dataset directory."""
