@@ -227,6 +227,12 @@ class Params:
         choices=("none", "linear", "sqrt"),
         help="scale learning_rate by the number of ranks (x N or x sqrt N); logged at start",
     )
+    elastic_commit_steps: int = param(
+        0,
+        min=0,
+        help="elastic Horovod: optimizer steps between in-memory commits of the training state "
+        "(also committed at every epoch end); 0 = at epoch ends only",
+    )
     fp16_allreduce: bool = param(False, help="compress gradients to fp16 for the all-reduce")
     adasum: bool = param(False, help="Horovod: Adasum reduction instead of averaging")
     # checkpoints and logs

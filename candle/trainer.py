@@ -234,53 +234,10 @@ class Trainer:
         try:
             self._setup()
             p = self.params  # _setup fills in run_id
-            model, optimizer, scaler = self.model, self.optimizer, self._scaler
-            train_data, val_data = self._data["train"], self._data.get("val")
-            accum = p.grad_accum_steps
-            max_steps = p.max_steps or None
             self._write_result({"status": "running"}, started)
             self._fire("on_fit_start")
-            while self.epoch < p.epochs and self._stop is None:
-                loader = self._loader(
-                    train_data, train=True, epoch=self.epoch, skip=self.batch_in_epoch
-                )
-                n_batches = self.batch_in_epoch + len(loader)  # micro-batches in this epoch
-                self._fire("on_epoch_start")
-                model.train()
-                for batch in loader:
-                    # Micro-batches are grouped `accum` at a time into one optimizer step; the
-                    # last group of an epoch may be shorter, and its mean is over its own size.
-                    group_start = self.batch_in_epoch - self.batch_in_epoch % accum
-                    group_size = min(accum, n_batches - group_start)
-                    steps_now = self.batch_in_epoch - group_start + 1 == group_size
-                    batch = _to_device(batch, self.device, self._pin)
-                    sync = contextlib.nullcontext() if steps_now else strategy.no_sync(model)
-                    with sync:
-                        with self._autocast():
-                            loss = self.training_step(batch)
-                        scaled = loss / group_size
-                        (scaler.scale(scaled) if scaler else scaled).backward()
-                    n = _batch_size(batch)
-                    self._epoch_loss += loss.detach().float() * n
-                    self._epoch_samples += n
-                    self.batch_in_epoch += 1
-                    if not steps_now:
-                        continue
-                    strategy.optimizer_step(
-                        optimizer, self._parameters, scaler=scaler, max_norm=p.grad_clip
-                    )
-                    optimizer.zero_grad(set_to_none=True)
-                    self.scheduler.step()
-                    self.global_step += 1
-                    if self._check_finite_every_step or self.global_step % p.log_every_steps == 0:
-                        self._check_finite(loss)
-                    self._fire("on_step_end", loss)
-                    if max_steps and self.global_step >= max_steps:
-                        self.request_stop("max_steps", f"max_steps={max_steps} reached")
-                    if self._stop is not None:
-                        break
-                if self.batch_in_epoch == n_batches:  # the epoch ran to its end
-                    self._end_epoch(val_data)
+            # Elastic Horovod runs the loop again, from its last commit, when ranks come or go.
+            strategy.run(self, self._train_epochs)
             reason = self._stop[0] if self._stop else "epochs"
             result = self._make_result(reason, started)
             self._fire("on_fit_end", result)  # the final checkpoint is written here
@@ -302,6 +259,61 @@ class Trainer:
         finally:
             self._detach_log()
         return result
+
+    def _train_epochs(self) -> None:
+        """The training loop, from the current epoch and micro-batch to the end of training.
+
+        Everything comes from ``epoch``, ``batch_in_epoch`` and the strategy's ranks, so an
+        elastic strategy can load a committed state and enter it again on another set of ranks.
+        """
+        p, strategy = self.params, self.strategy
+        model, optimizer, scaler = self.model, self.optimizer, self._scaler
+        train_data, val_data = self._data["train"], self._data.get("val")
+        accum = p.grad_accum_steps
+        max_steps = p.max_steps or None
+        if strategy.is_main and self._log_handler is None:
+            self._become_main()  # an elastic reset made this process rank 0
+        while self.epoch < p.epochs and self._stop is None:
+            loader = self._loader(
+                train_data, train=True, epoch=self.epoch, skip=self.batch_in_epoch
+            )
+            n_batches = self.batch_in_epoch + len(loader)  # micro-batches in this epoch
+            self._fire("on_epoch_start")
+            model.train()
+            for batch in loader:
+                # Micro-batches are grouped `accum` at a time into one optimizer step; the
+                # last group of an epoch may be shorter, and its mean is over its own size.
+                group_start = self.batch_in_epoch - self.batch_in_epoch % accum
+                group_size = min(accum, n_batches - group_start)
+                steps_now = self.batch_in_epoch - group_start + 1 == group_size
+                batch = _to_device(batch, self.device, self._pin)
+                sync = contextlib.nullcontext() if steps_now else strategy.no_sync(model)
+                with sync:
+                    with self._autocast():
+                        loss = self.training_step(batch)
+                    scaled = loss / group_size
+                    (scaler.scale(scaled) if scaler else scaled).backward()
+                n = _batch_size(batch)
+                self._epoch_loss += loss.detach().float() * n
+                self._epoch_samples += n
+                self.batch_in_epoch += 1
+                if not steps_now:
+                    continue
+                strategy.optimizer_step(
+                    optimizer, self._parameters, scaler=scaler, max_norm=p.grad_clip
+                )
+                optimizer.zero_grad(set_to_none=True)
+                self.scheduler.step()
+                self.global_step += 1
+                if self._check_finite_every_step or self.global_step % p.log_every_steps == 0:
+                    self._check_finite(loss)
+                if max_steps and self.global_step >= max_steps:  # before an elastic commit
+                    self.request_stop("max_steps", f"max_steps={max_steps} reached")
+                self._fire("on_step_end", loss)
+                if self._stop is not None:
+                    break
+            if self.batch_in_epoch == n_batches:  # the epoch ran to its end
+                self._end_epoch(val_data)
 
     @torch.no_grad()
     def evaluate(self, data: str | Dataset | DataLoader = "val") -> dict[str, float]:
@@ -409,13 +421,14 @@ class Trainer:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self._unwrapped().load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        self.optimizer.zero_grad(set_to_none=True)  # no half-accumulated gradients survive
         self.scheduler.load_state_dict(state["scheduler"])
         if self._scaler is not None and state["scaler"] is not None:
             self._scaler.load_state_dict(state["scaler"])
         prog = state["progress"]
         self.epoch, self.batch_in_epoch = prog["epoch"], prog["batch_in_epoch"]
         self.global_step = prog["global_step"]
-        self._elapsed_before = prog["elapsed_s"]
+        self._elapsed_before, self._process_start = prog["elapsed_s"], time.monotonic()
         self.history = list(state["history"])
         self._best = (state["best"][0], dict(state["best"][1])) if state["best"] else None
         saved = state["callbacks"]
@@ -437,19 +450,24 @@ class Trainer:
         accum = self.params.grad_accum_steps
         done = self.batch_in_epoch * len(ranks)
         self.batch_in_epoch = -(-done // world // accum) * accum
+        self.steps_per_epoch = -(-self._loader_len(self._data["train"]) // accum)
         if rank == 0:
             self._epoch_loss = sum(r["epoch_loss"] for r in ranks).to(self.device)
             self._epoch_samples = sum(r["epoch_samples"] for r in ranks)
+        else:
+            self._epoch_loss = torch.zeros((), device=self.device)
+            self._epoch_samples = 0
         restore_rng_state(ranks[min(rank, len(ranks) - 1)]["rng"])
         if rank >= len(ranks):
             torch.manual_seed(self.params.seed + 7919 * rank + self.global_step)
         log.warning(
-            "checkpoint was written by %d rank(s), resuming on %d: continuing epoch %d at "
-            "micro-batch %d of each rank; the run is no longer bitwise reproducible",
+            "state was saved by %d rank(s), continuing on %d: epoch %d from micro-batch %d of "
+            "each rank (%d steps per epoch); the run is no longer bitwise reproducible",
             len(ranks),
             world,
             self.epoch + 1,
             self.batch_in_epoch,
+            self.steps_per_epoch,
         )
 
     def params_dict(self) -> dict[str, Any]:
@@ -476,11 +494,7 @@ class Trainer:
             self.params = dataclasses.replace(p, run_id=self.run_dir.name)
             p = self.params
         if strategy.is_main:  # only rank 0 writes into the run directory
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            self._log_handler = _attach_file_log(self.run_dir / "train.log")
-            self._checkpoints = CheckpointManager(
-                self.run_dir / "checkpoints", keep_last=p.keep_checkpoints, mode=p.monitor_mode
-            )
+            self._open_run_files()
         strategy.barrier()
         self._precision = _resolve_precision(p.precision, self.device)
         self.model = self.build_model().to(self.device)
@@ -513,6 +527,36 @@ class Trainer:
                 self.steps_per_epoch,
                 _precision_name(self._precision),
             )
+
+    def _open_run_files(self) -> None:
+        p = self.params
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._log_handler = _attach_file_log(self.run_dir / "train.log")
+        self._checkpoints = CheckpointManager(
+            self.run_dir / "checkpoints", keep_last=p.keep_checkpoints, mode=p.monitor_mode
+        )
+
+    def _become_main(self) -> None:
+        """Take over from a rank 0 that an elastic job lost: open the run files and add the
+        loggers only rank 0 has (after Checkpointing, as ``default_callbacks`` orders them).
+        They start from the restored history: ``metrics.jsonl`` is rewritten from it."""
+        self._open_run_files()
+        defaults = cb.default_callbacks(self)
+        kinds = [type(c) for c in defaults]
+        loggers = defaults[kinds.index(cb.Checkpointing) + 1 :]
+        at = [type(c) for c in self._callbacks].index(cb.Checkpointing) + 1
+        self._callbacks[at:at] = loggers
+        log.warning(
+            "this process (pid %d) is rank 0 of %d now and writes the run directory from epoch "
+            "%d, step %d; learning rate %g",
+            os.getpid(),
+            self.strategy.world_size,
+            self.epoch + 1,
+            self.global_step,
+            self.current_lr,
+        )
+        for c in loggers:
+            c.on_fit_start(self)
 
     def _resume(self) -> None:
         """Restore the latest good checkpoint. Rank 0 chooses it (falling back past corrupt

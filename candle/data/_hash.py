@@ -11,7 +11,7 @@ from collections.abc import Iterable
 
 import xxhash
 
-__all__ = ["ALGORITHM", "Hasher", "file_checksum", "combine_checksums"]
+__all__ = ["ALGORITHM", "Hasher", "combine_checksums", "file_checksum"]
 
 ALGORITHM = "xxh3_128"
 _CHUNK = 4 << 20  # 4 MiB reads: large enough to stream at disk speed

@@ -2,7 +2,9 @@
 
 ``strategy=auto`` (the default) reads the launcher's environment:
 
-- ``horovodrun`` exports ``HOROVOD_RANK``/``HOROVOD_SIZE`` -> ``HorovodStrategy``
+- ``horovodrun`` exports ``HOROVOD_RANK``/``HOROVOD_SIZE`` -> ``HorovodStrategy``, or
+  ``ElasticHorovodStrategy`` when it also sets ``HOROVOD_ELASTIC=1`` (``--min-np``/``--max-np``
+  with a ``--host-discovery-script``)
 - ``torchrun`` exports ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` -> ``DDPStrategy``
 - neither -> ``SingleProcess``
 """
@@ -45,9 +47,11 @@ def resolve_strategy(name: str = "auto", params: object | None = None) -> Strate
         return SingleProcess()
     if name == "horovod":
         try:
-            from candle.distributed.horovod import HorovodStrategy
+            from candle.distributed.horovod import ElasticHorovodStrategy, HorovodStrategy
         except ImportError as e:
             raise StrategyError(f"{HOROVOD_INSTALL_HINT} (import failed: {e})") from e
+        if os.environ.get("HOROVOD_ELASTIC") == "1":  # horovodrun's elastic mode
+            return ElasticHorovodStrategy.from_params(params)
         return HorovodStrategy.from_params(params)
     if name == "ddp":
         from candle.distributed.ddp import DDPStrategy

@@ -7,11 +7,14 @@ torch.distributed look the same to it. No ``if horovod`` outside this package.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from candle.trainer import Trainer
 
 __all__ = ["SingleProcess", "Strategy", "rank_indices"]
 
@@ -70,6 +73,11 @@ class Strategy(Protocol):
     def barrier(self) -> None: ...
 
     def shutdown(self) -> None: ...
+
+    def run(self, trainer: Trainer, loop: Callable[[], None]) -> None:
+        """Run ``loop`` (``trainer``'s epoch loop) to its end: ``loop()``. An elastic strategy
+        commits the trainer's state as it trains and, after the set of ranks changed, loads the
+        last commit and runs ``loop`` again."""
 
 
 def rank_indices(
@@ -169,3 +177,6 @@ class SingleProcess:
 
     def shutdown(self) -> None:
         pass
+
+    def run(self, trainer: Trainer, loop: Callable[[], None]) -> None:
+        loop()

@@ -43,8 +43,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 import torch.distributed as dist
@@ -52,6 +52,9 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from candle.errors import StrategyError
+
+if TYPE_CHECKING:
+    from candle.trainer import Trainer
 
 __all__ = ["DDPStrategy"]
 
@@ -299,6 +302,9 @@ class DDPStrategy:
             dist.barrier(device_ids=[self._comm_device().index])
         else:
             dist.barrier()
+
+    def run(self, trainer: Trainer, loop: Callable[[], None]) -> None:
+        loop()  # a fixed set of ranks: nothing to re-enter
 
     def shutdown(self) -> None:
         """Destroy the process group if ``setup`` created it (one someone else made is left to

@@ -25,23 +25,50 @@ torch with Gloo for CPU collectives. On a GPU cluster export the build variables
 ``HOROVOD_GPU_OPERATIONS=NCCL HOROVOD_WITH_MPI=1 HOROVOD_FORCE_REBUILD=1
 scripts/install_horovod.sh .venv`` (``HOROVOD_NCCL_HOME`` if NCCL is not on a system path);
 ``horovodrun --check-build`` lists what was built in.
+
+Elastic training: started with ``--min-np``/``--max-np`` and a ``--host-discovery-script``
+(a script that prints one ``host:slots`` line per available host), horovodrun sets
+``HOROVOD_ELASTIC=1`` and ``strategy=auto`` picks ``ElasticHorovodStrategy``::
+
+    horovodrun -np 4 --min-np 2 --max-np 4 --host-discovery-script ./hosts.sh \
+        python -m candle train --trainer mypkg.models:MyTrainer elastic_commit_steps=100
+
+Every rank keeps an in-memory copy of the whole training state (model, optimizer, scheduler,
+epoch and micro-batch, per-rank RNG and loss sums, callbacks) and renews it every
+``elastic_commit_steps`` optimizer steps and at each epoch end. When a host leaves the
+discovery output, or a worker dies, the remaining workers go back to that copy and carry on
+with fewer ranks: from the same sample of the epoch, with ``lr_scaling`` applied for the new
+number of ranks (logged). Steps after the last commit are redone. On a single machine
+``--network-interface lo`` is needed (horovodrun otherwise wants two hosts to find a common
+interface). The job can shrink, not grow: workers that come to join a running job are
+turned away (see ``ElasticHorovodStrategy``); to use more, restart with ``resume=true``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
+import functools
+import logging
 import os
 import weakref
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import horovod.torch as hvd
 import torch
+from horovod.common.elastic import State
 from torch import nn
 
+from candle.callbacks import Callback
 from candle.errors import ConfigError, StrategyError
 
-__all__ = ["HorovodStrategy"]
+__all__ = ["ElasticHorovodStrategy", "HorovodStrategy"]
+
+if TYPE_CHECKING:
+    from candle.trainer import Trainer
+
+log = logging.getLogger("candle.distributed")
 
 _OPS = {"mean": hvd.Average, "sum": hvd.Sum, "min": hvd.Min, "max": hvd.Max}
 
@@ -241,6 +268,139 @@ class HorovodStrategy:
         Earlier would pull the job out from under a second ``fit()`` or the user's own ``hvd``
         calls; with MPI, Horovod finalizes MPI if it initialised it, and MPI cannot be
         initialised twice in one process."""
+
+    def run(self, trainer: Trainer, loop: Callable[[], None]) -> None:
+        loop()
+
+
+class ElasticHorovodStrategy(HorovodStrategy):
+    """Horovod's elastic mode (``HOROVOD_ELASTIC=1``): training goes on when workers leave.
+
+    Every rank commits the trainer's state in memory every ``commit_steps`` optimizer steps
+    (0: never between epoch ends) and at each epoch end; a commit also checks for host changes
+    that horovodrun announced. On a change, or when a collective fails because a worker died,
+    Horovod is re-initialised on the remaining workers, each loads the last commit for the new
+    world size (``Trainer.load_state_dict``: same sample position, loss sums on rank 0, learning
+    rates rescaled per ``lr_scaling``) and the epoch loop runs again. After a failure rank 0's
+    commit is broadcast first, so every rank continues from the same state.
+
+    The job can shrink, not grow. A worker that horovodrun starts for a running job would begin
+    ``fit()`` from scratch, and its set-up collectives cannot match those of the running
+    workers. So the first collective after every (re-)initialisation tells the two apart: a
+    newcomer among running workers raises ``StrategyError`` and exits, horovodrun blacklists
+    its host, and the others reset once more without it.
+    """
+
+    def __init__(self, *, commit_steps: int = 0, **options: Any):
+        super().__init__(**options)
+        self.commit_steps = commit_steps
+
+    @classmethod
+    def from_params(cls, params: object | None = None) -> ElasticHorovodStrategy:
+        """As ``HorovodStrategy.from_params``, plus ``elastic_commit_steps``."""
+        strategy = super().from_params(params)
+        strategy.commit_steps = int(getattr(params, "elastic_commit_steps", 0))
+        return strategy
+
+    def setup(self) -> None:
+        super().setup()
+        if self.count_starting(True) < self.world_size:
+            raise StrategyError(
+                f"this worker (rank {self.rank}) was started for an elastic job that is "
+                "already training; candle's elastic mode can lose workers but not take new "
+                "ones in, so it stops and the job goes on without it. To train on more "
+                "workers, restart the job with resume=true"
+            )
+
+    def count_starting(self, starting: bool) -> int:
+        """How many workers are starting ``fit()`` (``starting``) rather than going on after a
+        reset. Collective: the first one after every (re-)initialisation, on every worker."""
+        flag = torch.tensor([float(starting)])
+        return int(hvd.allreduce(flag, op=hvd.Sum, name="candle.elastic.hello").item())
+
+    def run(self, trainer: Trainer, loop: Callable[[], None]) -> None:
+        state = _TrainerState(trainer, self)
+
+        def train(state: _TrainerState) -> None:
+            state.load_after_reset()  # in Horovod's retry loop: a failure here resets again
+            loop()
+
+        trainer._callbacks.append(state)  # last: a commit holds every other callback's work
+        try:
+            hvd.elastic.run(train)(state)
+        finally:
+            trainer._callbacks.remove(state)
+
+
+class _TrainerState(State, Callback):
+    """Horovod's elastic ``State`` for a Trainer, committed from the step and epoch ends.
+
+    ``save`` is collective (``Trainer.state_dict`` gathers every rank's RNG and loss sums), so
+    every rank commits at the same step. Horovod's retry loop (``run_fn`` in
+    ``horovod.common.elastic``) calls ``restore`` after a failed collective, ``reset`` once
+    Horovod is re-initialised, ``sync`` unless workers were only removed, then the training
+    function, which starts with ``load_after_reset``.
+    """
+
+    def __init__(self, trainer: Trainer, strategy: ElasticHorovodStrategy):
+        bcast = functools.partial(hvd.broadcast_object, name="candle.elastic.hosts")
+        super().__init__(bcast_object=bcast, get_rank=hvd.rank)
+        self.trainer, self.strategy = trainer, strategy
+        self._saved: dict[str, Any] = {}
+        self._resets = 0
+        self._failed = False  # a collective failed: sync() hands rank 0's commit to all
+        self._reload = False
+        self.save()
+
+    def on_step_end(self, trainer: Trainer, loss: torch.Tensor) -> None:
+        every = self.strategy.commit_steps
+        if every and trainer.global_step % every == 0:
+            self.commit()
+
+    def on_epoch_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+        self.commit()
+
+    def save(self) -> None:
+        self._saved = copy.deepcopy(self.trainer.state_dict())
+
+    def restore(self) -> None:
+        self._failed = True
+
+    def reset(self) -> None:
+        s = self.strategy
+        before = s.world_size
+        s.rank, s.local_rank, s.world_size = hvd.rank(), hvd.local_rank(), hvd.size()
+        newcomers = s.count_starting(False)  # first collective: newcomers make it in setup()
+        self._resets += 1
+        self._reload = True
+        log.warning(
+            "elastic reset %d after %s: %d -> %d rank(s), this process is rank %d",
+            self._resets,
+            "a failed collective" if self._failed else "a change of hosts",
+            before,
+            s.world_size,
+            s.rank,
+        )
+        if newcomers:
+            log.warning(
+                "%d new worker(s) came to join; they stop (see ElasticHorovodStrategy) and "
+                "the job resets again without them",
+                newcomers,
+            )
+
+    def sync(self) -> None:
+        if self._resets == 0:
+            return  # first entry: Trainer._setup has just broadcast rank 0's state
+        self._saved = hvd.broadcast_object(self._saved, name="candle.elastic.sync")
+        self._failed = False
+
+    def load_after_reset(self) -> None:
+        """Load the last commit for the new set of ranks. Only hosts removed: every rank
+        holds that same commit (the change surfaced in it); else sync() broadcast rank 0's."""
+        if self._reload:
+            # a copy: loaded tensors may alias the saved ones, and training changes them in place
+            self.trainer.load_state_dict(copy.deepcopy(self._saved))
+            self._reload = False
 
 
 def _is_distributed(optimizer: torch.optim.Optimizer) -> bool:
