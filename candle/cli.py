@@ -30,6 +30,8 @@ commands:
           python -m candle train --trainer MODULE:CLASS [CONFIG] [--key value | key=value ...]
           (MODULE may be a dotted module name or a path to a .py file; add --help to list
           the Trainer's parameters)
+  data    HDF5 shard datasets: pack INPUT --out DIR, verify DIR, info DIR, split DIR
+          (python -m candle data --help)
 
 Parameters come from, lowest to highest precedence: the params class's defaults, the CONFIG
 file (YAML, TOML, JSON or a CANDLE *_default_model.txt), CANDLE_<NAME> environment variables,
@@ -134,7 +136,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if command == "train":
             return _train(rest)
-        raise ConfigError(f"unknown command {command!r}; commands: train (see --help)")
+        if command == "data":
+            from candle.data._cli import main as data_main
+
+            return data_main(rest)
+        raise ConfigError(f"unknown command {command!r}; commands: train, data (see --help)")
     except ConfigError as e:
         print(f"candle: configuration error: {e}", file=sys.stderr)
         return 2

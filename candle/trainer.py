@@ -843,7 +843,7 @@ class Trainer:
         gen = torch.Generator()
         gen.manual_seed(p.seed * 7919 + epoch)
         common = {"num_workers": p.num_workers, "pin_memory": self._pin, "generator": gen}
-        if isinstance(data, TensorDataset):
+        if isinstance(data, TensorDataset) or getattr(data, "supports_batch_indexing", False):
             # Whole-batch indexing: one gather per tensor instead of per-sample + collate.
             batches = BatchSampler(_Indices(indices), bs, drop_last=False)
             return DataLoader(data, batch_size=None, sampler=batches, **common)
