@@ -42,7 +42,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler, TensorDataset
+from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler, Subset, TensorDataset
 
 from candle import callbacks as cb
 from candle.checkpoint import CheckpointManager, capture_rng_state, restore_rng_state
@@ -732,9 +732,23 @@ class Trainer:
                 "steps_per_epoch": self.steps_per_epoch,
             },
             "world_size": self.strategy.world_size,
-            "provenance": provenance(),
+            "provenance": {**provenance(), "data": self._data_provenance()},
         }
         write_result(self.run_dir, record)
+
+    def _data_provenance(self) -> dict[str, Any]:
+        """Checksums of the datasets this run read (shard datasets carry one), per split."""
+        out: dict[str, Any] = {}
+        for split, data in (self._data or {}).items():
+            base = _base_dataset(data)
+            checksum = getattr(base, "checksum", None)
+            if isinstance(checksum, str):
+                out[split] = {
+                    "checksum": checksum,
+                    "source": str(getattr(base, "source", "")),
+                    "rows": len(data.dataset if isinstance(data, DataLoader) else data),
+                }
+        return out
 
     def _elapsed(self) -> float:
         """Training time over all segments of the run (resumes add to it)."""
@@ -843,7 +857,7 @@ class Trainer:
         gen = torch.Generator()
         gen.manual_seed(p.seed * 7919 + epoch)
         common = {"num_workers": p.num_workers, "pin_memory": self._pin, "generator": gen}
-        if isinstance(data, TensorDataset) or getattr(data, "supports_batch_indexing", False):
+        if _batch_indexable(data):
             # Whole-batch indexing: one gather per tensor instead of per-sample + collate.
             batches = BatchSampler(_Indices(indices), bs, drop_last=False)
             return DataLoader(data, batch_size=None, sampler=batches, **common)
@@ -861,6 +875,19 @@ class _Skip:
 
     def __iter__(self) -> Iterator[Any]:
         return itertools.islice(self.loader, self.skip, self.stop)
+
+
+def _batch_indexable(data: Any) -> bool:
+    """Whether ``data[list_of_indices]`` returns a whole batch (one read instead of many)."""
+    if isinstance(data, Subset):  # Subset forwards list indexing to its dataset
+        return _batch_indexable(data.dataset)
+    return isinstance(data, TensorDataset) or getattr(data, "supports_batch_indexing", False)
+
+
+def _base_dataset(data: Any) -> Any:
+    while isinstance(data, Subset):
+        data = data.dataset
+    return getattr(data, "dataset", data)  # a DataLoader's dataset
 
 
 def _seed_everything(seed: int, deterministic: bool) -> None:
