@@ -16,7 +16,7 @@ from torch import nn
 if TYPE_CHECKING:
     from candle.trainer import Trainer
 
-__all__ = ["SingleProcess", "Strategy", "rank_indices"]
+__all__ = ["SingleProcess", "Strategy", "clip_and_step", "rank_indices"]
 
 
 @runtime_checkable
@@ -105,6 +105,28 @@ def rank_indices(
     return order
 
 
+def clip_and_step(
+    optimizer: torch.optim.Optimizer,
+    parameters: Sequence[torch.Tensor],
+    *,
+    scaler: torch.amp.GradScaler | None,
+    max_norm: float,
+) -> torch.Tensor | None:
+    """Unscale (fp16 AMP), clip the global norm to ``max_norm`` (0 = off), then step: the part
+    of an optimizer step every strategy shares once gradients are reduced. Returns the norm."""
+    norm = None
+    if scaler is not None:
+        scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+    if max_norm > 0:
+        norm = torch.nn.utils.clip_grad_norm_(parameters, max_norm)
+    if scaler is not None:
+        scaler.step(optimizer)  # skips the step if the unscaled gradients hold inf/NaN
+        scaler.update()
+    else:
+        optimizer.step()
+    return norm
+
+
 class SingleProcess:
     """One process, one device: the default when no launcher is detected."""
 
@@ -151,17 +173,7 @@ class SingleProcess:
         scaler: torch.amp.GradScaler | None,
         max_norm: float,
     ) -> torch.Tensor | None:
-        norm = None
-        if scaler is not None:
-            scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
-        if max_norm > 0:
-            norm = torch.nn.utils.clip_grad_norm_(parameters, max_norm)
-        if scaler is not None:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-        return norm
+        return clip_and_step(optimizer, parameters, scaler=scaler, max_norm=max_norm)
 
     def all_reduce(self, tensor: torch.Tensor, op: str = "mean") -> torch.Tensor:
         return tensor

@@ -51,6 +51,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from candle.distributed.base import clip_and_step
 from candle.errors import StrategyError
 
 if TYPE_CHECKING:
@@ -260,17 +261,7 @@ class DDPStrategy:
     ) -> torch.Tensor | None:
         # DDP averaged the gradients during backward, so they are equal on every rank and so
         # are the clip norm, the scaler's inf check and the step.
-        norm = None
-        if scaler is not None:
-            scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
-        if max_norm > 0:
-            norm = torch.nn.utils.clip_grad_norm_(parameters, max_norm)
-        if scaler is not None:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-        return norm
+        return clip_and_step(optimizer, parameters, scaler=scaler, max_norm=max_norm)
 
     # ------------------------------------------------------------------ collectives
     def all_reduce(self, tensor: torch.Tensor, op: str = "mean") -> torch.Tensor:

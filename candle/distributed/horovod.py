@@ -61,6 +61,7 @@ from horovod.common.elastic import State
 from torch import nn
 
 from candle.callbacks import Callback
+from candle.distributed.base import clip_and_step
 from candle.errors import ConfigError, StrategyError
 
 __all__ = ["ElasticHorovodStrategy", "HorovodStrategy"]
@@ -232,18 +233,8 @@ class HorovodStrategy:
         # Wait for the all-reduces: from here the gradients are the average over ranks, so
         # unscaling, the inf check and the clipping norm are the same on every rank.
         optimizer.synchronize()
-        norm = None
-        if scaler is not None:
-            scaler.unscale_(optimizer)
-        if max_norm > 0:
-            norm = torch.nn.utils.clip_grad_norm_(parameters, max_norm)
         with optimizer.skip_synchronize():  # do not reduce (the clipped gradients) again
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-        return norm
+            return clip_and_step(optimizer, parameters, scaler=scaler, max_norm=max_norm)
 
     # Collectives. Horovod matches operations across ranks by name; its default names come
     # from the object's type or a per-process counter, which differ between ranks when, say,
