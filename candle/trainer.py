@@ -28,23 +28,30 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import itertools
 import logging
 import math
 import os
-import random
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler, Subset, TensorDataset
+from torch.utils.data import BatchSampler, DataLoader, Dataset
 
 from candle import callbacks as cb
+from candle._batches import (
+    Indices,
+    Skip,
+    base_dataset,
+    batch_indexable,
+    batch_size_of,
+    normalize_data,
+    to_device,
+)
+from candle._runtime import attach_file_log, precision_name, resolve_precision, seed_everything
 from candle.checkpoint import CheckpointManager, capture_rng_state, restore_rng_state
 from candle.config import Params, params_from_dict, params_to_dict, save_params
 from candle.distributed import Strategy, rank_indices, resolve_strategy
@@ -77,39 +84,6 @@ class FitResult:
     def objective(self) -> float | None:
         """The best value of the monitored metric (what a search optimizes)."""
         return self.best_metrics.get(self.monitor)
-
-
-class _Indices(Sampler[int]):
-    """Yields a precomputed list of sample indices (this rank's, this epoch's, maybe resumed)."""
-
-    def __init__(self, indices: list[int]):
-        self.indices = indices
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.indices)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-
-def _batch_size(batch: Any) -> int:
-    if isinstance(batch, torch.Tensor):
-        return batch.shape[0] if batch.dim() else 1
-    if isinstance(batch, Mapping):
-        return _batch_size(next(iter(batch.values())))
-    if isinstance(batch, Sequence) and batch:
-        return _batch_size(batch[0])
-    return 1
-
-
-def _to_device(batch: Any, device: torch.device, non_blocking: bool) -> Any:
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=non_blocking)
-    if isinstance(batch, Mapping):
-        return {k: _to_device(v, device, non_blocking) for k, v in batch.items()}
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(_to_device(v, device, non_blocking) for v in batch)
-    return batch
 
 
 class Trainer:
@@ -286,14 +260,14 @@ class Trainer:
                 group_start = self.batch_in_epoch - self.batch_in_epoch % accum
                 group_size = min(accum, n_batches - group_start)
                 steps_now = self.batch_in_epoch - group_start + 1 == group_size
-                batch = _to_device(batch, self.device, self._pin)
+                batch = to_device(batch, self.device, self._pin)
                 sync = contextlib.nullcontext() if steps_now else strategy.no_sync(model)
                 with sync:
                     with self._autocast():
                         loss = self.training_step(batch)
                     scaled = loss / group_size
                     (scaler.scale(scaled) if scaler else scaled).backward()
-                n = _batch_size(batch)
+                n = batch_size_of(batch)
                 self._epoch_loss += loss.detach().float() * n
                 self._epoch_samples += n
                 self.batch_in_epoch += 1
@@ -327,10 +301,10 @@ class Trainer:
         sums: dict[str, torch.Tensor] = {}
         count = 0
         for batch in self._loader(dataset, train=False, epoch=0, skip=0):
-            batch = _to_device(batch, self.device, self._pin)
+            batch = to_device(batch, self.device, self._pin)
             with self._autocast():
                 out = self.validation_step(batch)
-            n = _batch_size(batch)
+            n = batch_size_of(batch)
             for name, value in out.items():
                 value = torch.as_tensor(value, dtype=torch.float64, device=self.device).detach()
                 sums[name] = sums.get(name, 0) + value.double() * n
@@ -358,7 +332,7 @@ class Trainer:
         for batch in self._loader(dataset, train=False, epoch=0, skip=0):
             with self._autocast():
                 outs.append(
-                    self.predict_step(_to_device(batch, self.device, self._pin)).float().cpu()
+                    self.predict_step(to_device(batch, self.device, self._pin)).float().cpu()
                 )
         model.train(was_training)
         return torch.cat(outs) if outs else torch.empty(0)
@@ -470,6 +444,11 @@ class Trainer:
             self.steps_per_epoch,
         )
 
+    @property
+    def callbacks(self) -> list[cb.Callback]:
+        """The run's callbacks in event order (built-in ones first); valid during ``fit``."""
+        return self._callbacks
+
     def params_dict(self) -> dict[str, Any]:
         return params_to_dict(self.params)
 
@@ -484,7 +463,7 @@ class Trainer:
         strategy.setup()
         if p.threads:
             torch.set_num_threads(p.threads)
-        _seed_everything(p.seed, p.deterministic)
+        seed_everything(p.seed, p.deterministic)
         self.device = strategy.device(p.device)
         self._pin = self.device.type == "cuda"
         self._check_finite_every_step = self.device.type == "cpu"  # no sync cost on CPU
@@ -496,10 +475,12 @@ class Trainer:
         if strategy.is_main:  # only rank 0 writes into the run directory
             self._open_run_files()
         strategy.barrier()
-        self._precision = _resolve_precision(p.precision, self.device)
+        self._precision = resolve_precision(p.precision, self.device)
         self.model = self.build_model().to(self.device)
-        self._data = self._normalize_data(self.build_data())
+        self._data = normalize_data(self.build_data())
         train_len = self._loader_len(self._data["train"])
+        if train_len == 0:
+            raise ConfigError("build_data(): the training data is empty")
         self.steps_per_epoch = -(-train_len // p.grad_accum_steps)
         total_steps = p.max_steps or self.steps_per_epoch * p.epochs
         self.optimizer = self.build_optimizer(self.model)
@@ -525,13 +506,13 @@ class Trainer:
                 self.device,
                 type(strategy).__name__,
                 self.steps_per_epoch,
-                _precision_name(self._precision),
+                precision_name(self._precision),
             )
 
     def _open_run_files(self) -> None:
         p = self.params
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._log_handler = _attach_file_log(self.run_dir / "train.log")
+        self._log_handler = attach_file_log(self.run_dir / "train.log")
         self._checkpoints = CheckpointManager(
             self.run_dir / "checkpoints", keep_last=p.keep_checkpoints, mode=p.monitor_mode
         )
@@ -740,7 +721,7 @@ class Trainer:
         """Checksums of the datasets this run read (shard datasets carry one), per split."""
         out: dict[str, Any] = {}
         for split, data in (self._data or {}).items():
-            base = _base_dataset(data)
+            base = base_dataset(data)
             checksum = getattr(base, "checksum", None)
             if isinstance(checksum, str):
                 out[split] = {
@@ -777,30 +758,6 @@ class Trainer:
             raise RuntimeError("call fit() first (the model and data are built there)")
 
     # --------------------------------------------------------------- data plumbing
-    def _normalize_data(self, data: Any) -> dict[str, Any]:
-        if isinstance(data, Mapping):
-            unknown = set(data) - {"train", "val", "test"}
-            if unknown or "train" not in data:
-                raise ConfigError(
-                    f"build_data() returned keys {sorted(data)}; expected 'train' and optionally "
-                    "'val' and 'test'"
-                )
-            out = {k: v for k, v in data.items() if v is not None}
-        elif isinstance(data, (tuple, list)) and 1 <= len(data) <= 3:
-            out = {
-                k: v for k, v in zip(("train", "val", "test"), data, strict=False) if v is not None
-            }
-        elif isinstance(data, (Dataset, DataLoader)):
-            out = {"train": data}
-        else:
-            raise ConfigError(
-                f"build_data() returned {type(data).__name__}; return (train, val), "
-                "(train, val, test) or a dict of Datasets/DataLoaders"
-            )
-        if self._loader_len(out["train"]) == 0:
-            raise ConfigError("build_data(): the training data is empty")
-        return out
-
     def _split(self, data: str | Dataset | DataLoader) -> Any:
         if not isinstance(data, str):
             return data
@@ -842,7 +799,7 @@ class Trainer:
             sampler = getattr(data, "sampler", None)
             if hasattr(sampler, "set_epoch"):
                 sampler.set_epoch(epoch)
-            return _Skip(data, skip, self._loader_len(data) if train else len(data))
+            return Skip(data, skip, self._loader_len(data) if train else len(data))
         bs = p.batch_size if train else (p.eval_batch_size or p.batch_size)
         s = self.strategy
         indices = rank_indices(
@@ -857,80 +814,8 @@ class Trainer:
         gen = torch.Generator()
         gen.manual_seed(p.seed * 7919 + epoch)
         common = {"num_workers": p.num_workers, "pin_memory": self._pin, "generator": gen}
-        if _batch_indexable(data):
+        if batch_indexable(data):
             # Whole-batch indexing: one gather per tensor instead of per-sample + collate.
-            batches = BatchSampler(_Indices(indices), bs, drop_last=False)
+            batches = BatchSampler(Indices(indices), bs, drop_last=False)
             return DataLoader(data, batch_size=None, sampler=batches, **common)
-        return DataLoader(data, batch_size=bs, sampler=_Indices(indices), **common)
-
-
-class _Skip:
-    """Batches ``skip`` to ``stop`` of a user DataLoader (mid-epoch resume, equal counts)."""
-
-    def __init__(self, loader: DataLoader, skip: int, stop: int):
-        self.loader, self.skip, self.stop = loader, skip, stop
-
-    def __len__(self) -> int:
-        return self.stop - self.skip
-
-    def __iter__(self) -> Iterator[Any]:
-        return itertools.islice(self.loader, self.skip, self.stop)
-
-
-def _batch_indexable(data: Any) -> bool:
-    """Whether ``data[list_of_indices]`` returns a whole batch (one read instead of many)."""
-    if isinstance(data, Subset):  # Subset forwards list indexing to its dataset
-        return _batch_indexable(data.dataset)
-    return isinstance(data, TensorDataset) or getattr(data, "supports_batch_indexing", False)
-
-
-def _base_dataset(data: Any) -> Any:
-    while isinstance(data, Subset):
-        data = data.dataset
-    return getattr(data, "dataset", data)  # a DataLoader's dataset
-
-
-def _seed_everything(seed: int, deterministic: bool) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)  # seeds every CUDA device too
-    if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it to be
-        torch.backends.cudnn.deterministic = True
-        torch.backends.cudnn.benchmark = False
-
-
-def _resolve_precision(precision: str, device: torch.device) -> torch.dtype:
-    if device.type != "cuda":
-        if precision in ("bf16", "fp16"):
-            log.warning(
-                "precision=%s: mixed precision is CUDA-only here; training in fp32 on %s",
-                precision,
-                device,
-            )
-        return torch.float32
-    if precision == "32":
-        return torch.float32
-    if precision == "fp16":
-        return torch.float16
-    if precision == "bf16" or torch.cuda.is_bf16_supported():
-        return torch.bfloat16  # precision=auto on a GPU that has bf16
-    return torch.float16
-
-
-def _precision_name(dtype: torch.dtype) -> str:
-    return {
-        torch.float32: "fp32",
-        torch.bfloat16: "bf16 autocast",
-        torch.float16: "fp16 autocast + grad scaling",
-    }[dtype]
-
-
-def _attach_file_log(path: Path) -> logging.Handler:
-    root = logging.getLogger("candle")
-    handler = logging.FileHandler(path)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root.addHandler(handler)
-    if root.level == logging.NOTSET or root.level > logging.INFO:
-        root.setLevel(logging.INFO)
-    return handler
+        return DataLoader(data, batch_size=bs, sampler=Indices(indices), **common)

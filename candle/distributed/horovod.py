@@ -316,11 +316,11 @@ class ElasticHorovodStrategy(HorovodStrategy):
             state.load_after_reset()  # in Horovod's retry loop: a failure here resets again
             loop()
 
-        trainer._callbacks.append(state)  # last: a commit holds every other callback's work
+        trainer.callbacks.append(state)  # last: a commit holds every other callback's work
         try:
             hvd.elastic.run(train)(state)
         finally:
-            trainer._callbacks.remove(state)
+            trainer.callbacks.remove(state)
 
 
 class _TrainerState(State, Callback):
