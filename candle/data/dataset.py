@@ -36,7 +36,10 @@ from candle.errors import DataError, ShardError
 
 __all__ = ["ShardDataset", "shard_loader", "shard_problems", "verify"]
 
-_CHUNK_CACHE_BYTES = 2 << 20  # per HDF5 dataset: a few ~512 KiB chunks (see shards.py)
+# No HDF5 chunk cache: shards are uncompressed, so HDF5 then reads just the rows asked for. With
+# a cache, reading one scattered row pulls its whole ~512 KiB chunk in first: on 80 KB rows that
+# halved the rate of shuffled batch reads (measured 0.42 vs 0.85 GB/s).
+_CHUNK_CACHE_BYTES = 0
 _BLOCK_BYTES = 32 << 20  # rows per block when streaming a whole column (statistics, targets())
 # Handles inherited across fork are parked here, never closed or collected in the child: closing
 # one would run HDF5 and lease clean-up on state that belongs to the parent process.
@@ -345,7 +348,17 @@ def _take(dset: h5py.Dataset, local: np.ndarray) -> np.ndarray:
         return dset[lo:hi]  # a contiguous run: one hyperslab
     if hi - lo <= 4 * len(local):
         return dset[lo:hi][local - lo]  # dense enough that reading the span is cheaper
-    return dset[local]
+    if dset.dtype.kind not in "biuf":
+        return dset[local]  # strings (groups, ids): small, fancy indexing is fine
+    # Scattered rows: h5py's point selection is slow for wide rows (~120 MB/s measured on
+    # 80 KB rows); one direct read per contiguous run into the output is ~3.5x faster.
+    out = np.empty((len(local), *dset.shape[1:]), dtype=dset.dtype)
+    breaks = np.flatnonzero(np.diff(local) != 1) + 1
+    starts, ends = np.concatenate(([0], breaks)), np.concatenate((breaks, [len(local)]))
+    for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
+        first = int(local[a])
+        dset.read_direct(out, np.s_[first : first + b - a], np.s_[a:b])
+    return out
 
 
 def _open_checked(path: Path, info: ShardInfo, schema: dict[str, Any], where: str) -> h5py.File:
