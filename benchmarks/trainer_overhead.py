@@ -18,7 +18,7 @@ crowded out by other processes, is marked "contended" and replaced by another pa
 twice ``--repeats`` pairs). The verdict uses the uncontended pairs when at least half of
 ``--repeats`` are; otherwise all pairs, and the RESULT line says ``noisy=yes``.
 
-    python benchmarks/trainer_overhead.py            # full run, ~1.5-2.5 min on 2 CPU cores
+    python benchmarks/trainer_overhead.py            # full run, 1.2-2.5 min on 2 CPU cores
     python benchmarks/trainer_overhead.py --quick    # small sizes, a smoke test
 """
 

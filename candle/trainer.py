@@ -268,7 +268,7 @@ class Trainer:
                     scaled = loss / group_size
                     (scaler.scale(scaled) if scaler else scaled).backward()
                 n = batch_size_of(batch)
-                self._epoch_loss += loss.detach().float() * n
+                self._epoch_loss.add_(loss.detach().float(), alpha=n)  # in place: no temporaries
                 self._epoch_samples += n
                 self.batch_in_epoch += 1
                 if not steps_now:
@@ -637,7 +637,9 @@ class Trainer:
         self._fire("on_epoch_end", metrics)
 
     def _check_finite(self, loss: torch.Tensor) -> None:
-        if not torch.isfinite(loss.detach()).all():
+        value = loss.detach()
+        finite = math.isfinite(value.item()) if value.numel() == 1 else bool(value.isfinite().all())
+        if not finite:
             raise NonFiniteLossError(
                 f"training loss became {loss.item()} at epoch {self.epoch + 1}, step "
                 f"{self.global_step}; lower learning_rate, set grad_clip, or check the data "
