@@ -32,7 +32,6 @@ import dataclasses
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -42,6 +41,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from _common import format_result
+
+from candle.testing.processes import kill_tree
 
 NAME = "scaling"
 HERE = Path(__file__).resolve().parent
@@ -167,31 +168,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _descendants(pid: int) -> list[int]:
-    """Every process below ``pid``: the launchers start their workers in sessions of their
-    own, so killing the launcher's process group alone would leave them running."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path("/proc", entry, "stat").read_text()
-            except OSError:
-                continue
-            children.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry))
-    found, todo = [], [pid]
-    while todo:
-        kids = children.get(todo.pop(), [])
-        found += kids
-        todo += kids
-    return found
-
-
-def _kill_job(pid: int) -> None:
-    for p in [*_descendants(pid), pid]:  # collected first: children of a dead parent move
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(p, signal.SIGKILL)
-
-
 def job_command(
     variant: Variant, nproc: int, cfg: Config, out: Path, malloc: str, cycle_ms: float | None
 ) -> list[str]:
@@ -259,7 +235,7 @@ def launch(cmd: list[str], cwd: Path) -> tuple[int, str, float]:
         try:
             out, _ = proc.communicate(timeout=LAUNCH_TIMEOUT_S)
         except subprocess.TimeoutExpired:
-            _kill_job(proc.pid)
+            kill_tree(proc.pid)
             out, _ = proc.communicate()
             out += f"\n[scaling.py: killed after {LAUNCH_TIMEOUT_S} s]"
     return proc.returncode, out, time.perf_counter() - start

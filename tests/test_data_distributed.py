@@ -9,11 +9,9 @@ Each job records, on every rank, the row ids (feature column 0) of each batch of
 every launch has a deadline and a hang kills the whole process tree.
 """
 
-import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 from collections import Counter
@@ -25,6 +23,7 @@ import pytest
 from candle.data import pack
 from candle.distributed import rank_indices
 from candle.testing import free_port
+from candle.testing.processes import kill_tree
 
 pytestmark = pytest.mark.distributed
 
@@ -64,30 +63,6 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _descendants(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path("/proc", entry, "stat").read_text()
-            except OSError:
-                continue
-            children.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry))
-    found, todo = [], [pid]
-    while todo:
-        kids = children.get(todo.pop(), [])
-        found += kids
-        todo += kids
-    return found
-
-
-def _kill_job(pid: int) -> None:
-    """SIGKILL a launcher and every process below it (workers lead sessions of their own)."""
-    for p in [*_descendants(pid), pid]:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(p, signal.SIGKILL)
-
-
 def _run(cmd: list[str], out: Path) -> dict[int, dict]:
     """Run a job to completion (or kill it at the deadline); each rank's record."""
     with subprocess.Popen(
@@ -101,7 +76,7 @@ def _run(cmd: list[str], out: Path) -> dict[int, dict]:
         try:
             log, _ = proc.communicate(timeout=TIMEOUT_S)
         except subprocess.TimeoutExpired:
-            _kill_job(proc.pid)
+            kill_tree(proc.pid)
             log, _ = proc.communicate()
             pytest.fail(f"job hung for {TIMEOUT_S} s: {cmd}\n{log[-4000:]}")
     assert proc.returncode == 0, log[-4000:]

@@ -4,7 +4,6 @@ Every launch runs with a timeout, so a hang fails the test instead of the suite;
 whole job (torchrun and its workers, which torchrun starts in sessions of their own) is killed.
 """
 
-import contextlib
 import json
 import os
 import re
@@ -21,6 +20,7 @@ from candle.distributed import SingleProcess, detect_launcher, resolve_strategy
 from candle.distributed.ddp import DDPStrategy
 from candle.errors import StrategyError
 from candle.testing import free_port
+from candle.testing.processes import kill_tree
 
 pytestmark = pytest.mark.distributed
 
@@ -66,32 +66,6 @@ def _torchrun(script: Path, *args: str, nproc: int = 2) -> list[str]:
     ]
 
 
-def _descendants(pid: int) -> list[int]:
-    """Every process below ``pid`` (torchrun's workers lead sessions of their own, so killing
-    torchrun's process group would leave them running)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path("/proc", entry, "stat").read_text()
-            except OSError:
-                continue
-            children.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry))
-    found, todo = [], [pid]
-    while todo:
-        kids = children.get(todo.pop(), [])
-        found += kids
-        todo += kids
-    return found
-
-
-def _kill_job(pid: int) -> None:
-    """SIGKILL a launcher and all its workers at once, as a node failure would."""
-    for p in [*_descendants(pid), pid]:  # collected first: children of a dead parent move
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(p, signal.SIGKILL)
-
-
 def _launch(cmd: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess:
     with subprocess.Popen(
         cmd,
@@ -105,7 +79,7 @@ def _launch(cmd: list[str], cwd: Path, **env: str) -> subprocess.CompletedProces
         try:
             out, err = proc.communicate(timeout=TIMEOUT)
         except subprocess.TimeoutExpired:
-            _kill_job(proc.pid)
+            kill_tree(proc.pid)
             out, err = proc.communicate()
             pytest.fail(f"{cmd} hung for {TIMEOUT} s\n--- stdout\n{out[-4000:]}\n{err[-4000:]}")
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
@@ -303,13 +277,13 @@ def test_sigkill_of_the_whole_job_then_resume_is_exact(tmp_path):
         text=True,
         start_new_session=True,
     ) as proc:
-        watchdog = threading.Timer(TIMEOUT, _kill_job, [proc.pid])
+        watchdog = threading.Timer(TIMEOUT, kill_tree, [proc.pid])
         watchdog.start()
         try:
             for line in proc.stdout:
                 seen += line
                 if 10 in _steps(seen):  # mid-epoch 2, one step after the checkpoint at 9
-                    _kill_job(proc.pid)
+                    kill_tree(proc.pid)
                     break
         finally:
             watchdog.cancel()
