@@ -18,7 +18,6 @@ import contextlib
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -29,6 +28,7 @@ import pytest
 import torch
 
 from candle import Callback
+from candle.testing.processes import find_launcher
 
 pytestmark = pytest.mark.distributed
 
@@ -44,9 +44,7 @@ try:
     _missing = ""
 except ImportError as e:
     _missing = f"horovod is not importable ({e}); install it with scripts/install_horovod.sh"
-HOROVODRUN = shutil.which("horovodrun", path=str(Path(sys.executable).parent)) or shutil.which(
-    "horovodrun"
-)
+HOROVODRUN = find_launcher("horovodrun")
 needs_horovod = pytest.mark.skipif(
     bool(_missing) or HOROVODRUN is None, reason=_missing or "horovodrun is not on PATH"
 )

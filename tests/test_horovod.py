@@ -10,7 +10,6 @@ only local hosts, talks over the loopback interface.
 import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -19,6 +18,8 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from candle.testing.processes import find_launcher
 
 pytestmark = pytest.mark.distributed
 
@@ -34,9 +35,7 @@ try:
     _missing = ""
 except ImportError as e:
     _missing = f"horovod is not importable ({e}); install it with scripts/install_horovod.sh"
-HOROVODRUN = shutil.which("horovodrun", path=str(Path(sys.executable).parent)) or shutil.which(
-    "horovodrun"
-)
+HOROVODRUN = find_launcher("horovodrun")
 needs_horovod = pytest.mark.skipif(
     bool(_missing) or HOROVODRUN is None, reason=_missing or "horovodrun is not on PATH"
 )

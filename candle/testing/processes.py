@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
+import sys
 from pathlib import Path
 
-__all__ = ["descendants", "kill_tree"]
+__all__ = ["descendants", "find_launcher", "kill_tree"]
 
 
 def descendants(pid: int) -> list[int]:
@@ -38,3 +40,9 @@ def kill_tree(pid: int) -> None:
     for p in [*descendants(pid), pid]:  # collected first: children of a dead parent move
         with contextlib.suppress(ProcessLookupError):
             os.kill(p, signal.SIGKILL)
+
+
+def find_launcher(name: str) -> str | None:
+    """Path of a launcher (``horovodrun``, ``torchrun``): the one installed beside this Python
+    first (a venv's), then ``PATH``; None when there is none."""
+    return shutil.which(name, path=str(Path(sys.executable).parent)) or shutil.which(name)
