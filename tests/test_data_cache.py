@@ -312,6 +312,60 @@ def test_checksum_mismatch_at_fill_caches_nothing_and_evicts_nothing(tmp_path):
     assert cache.stats.evictions == 0
 
 
+@pytest.mark.parametrize("change", ["shrinks", "grows"])
+def test_source_rewritten_during_a_copy_is_an_error_and_caches_nothing(
+    tmp_path, monkeypatch, change
+):
+    """The local copy reads a mapped file: a source truncated under it must give a ShardError
+    (reading a mapped page past the end of a file is SIGBUS, which would kill the process)."""
+    import candle.data.cache as cache_mod
+
+    url, checksum, size = _write(tmp_path / "shared" / "b.h5", 3 * MB)
+    calls = []
+
+    class Rewriting(cache_mod.Hasher):
+        def update(self, data) -> None:
+            super().update(data)
+            calls.append(len(data))
+            if len(data) > 4096 and len(calls) == 1 + sum(c <= 4096 for c in calls):  # 1st chunk
+                with open(url, "r+b") as f:
+                    if change == "shrinks":
+                        f.truncate(MB + MB // 2)
+                    else:
+                        f.seek(0, os.SEEK_END)
+                        f.write(b"x" * 100)
+
+    monkeypatch.setattr(cache_mod, "Hasher", Rewriting)
+    cache = ShardCache(tmp_path / "cache")
+    expected = "shrank while being copied" if change == "shrinks" else "is larger than the"
+    with pytest.raises(ShardError, match=expected) as e:
+        cache.fetch(url, checksum=checksum)
+    assert url in str(e.value)
+    assert _copies(tmp_path / "cache") == [] and _parts(tmp_path / "cache") == []
+    monkeypatch.undo()
+    _write(Path(url), size)  # the source rewritten whole: it is copied normally
+    fixed = file_checksum(url)
+    assert Path(cache.fetch(url, checksum=fixed)).read_bytes() == Path(url).read_bytes()
+
+
+def test_mapped_and_read_copies_give_the_same_bytes(tmp_path, monkeypatch):
+    """Local sources are mapped, others read: both paths, and a file of 0 bytes."""
+    import candle.data.cache as cache_mod
+
+    for i, size in enumerate([0, 1, MB - 1, 2 * MB + 5]):
+        url, checksum, _ = _write(tmp_path / "shared" / f"s{i}.h5", size)
+        got = ShardCache(tmp_path / "mapped").fetch(url, checksum=checksum, size=size)
+        assert Path(got).read_bytes() == Path(url).read_bytes()
+        with monkeypatch.context() as m:
+            m.setattr(cache_mod.mmap, "mmap", _no_mmap)
+            got = ShardCache(tmp_path / "read").fetch(url, checksum=checksum, size=size)
+        assert Path(got).read_bytes() == Path(url).read_bytes()
+
+
+def _no_mmap(*args, **kwargs):
+    raise OSError(19, "No such device")  # as on a file system that cannot map files
+
+
 def test_hit_does_not_copy_and_damaged_copy_is_fetched_again(tmp_path, caplog):
     url, checksum, size = _write(tmp_path / "shared" / "c.h5", 2 * MB)
     cache = ShardCache(tmp_path / "cache")

@@ -40,6 +40,7 @@ import contextlib
 import dataclasses
 import fcntl
 import logging
+import mmap
 import os
 import re
 import secrets
@@ -60,6 +61,10 @@ __all__ = ["CacheEntry", "CacheStats", "ShardCache"]
 logger = logging.getLogger("candle.data.cache")
 
 _CHUNK = 1 << 20  # 1 MiB: read, hashed and written while still in the CPU cache
+# Local sources are copied from mapped pages in chunks that stay in the CPU cache until hashed.
+_MAP_CHUNK = 1 << 18
+# Map the page-cache pages of a local source in one call instead of faulting them in one by one.
+_MAP_FLAGS = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
 _PREFIX = ".candle-"  # every file the cache adds beside a copy; copies never start with it
 _PART = ".candle-part-"
 _LEASE = ".candle-lease"
@@ -503,46 +508,105 @@ class ShardCache:
             raise _source_error(src.url, e) from e
 
     def _copy(self, src: _Source, f: IO[bytes], tmp: Path, limit: int | None) -> tuple[int, str]:
-        """Stream ``f`` into ``tmp`` in one pass (read, hash, write). -> (bytes, checksum)
+        """Copy ``f`` into ``tmp`` in one pass and hash what was copied. -> (bytes, checksum)
 
-        One reused buffer: a fresh 4 MiB ``bytes`` per chunk is above malloc's mmap threshold,
-        so each chunk would cost a map, page faults and an unmap. No fsync: the copy is scratch
-        data whose checksum every process verifies before first use (``_verified``), so a copy
-        a crash left incomplete is caught and fetched again; fsync would halve the fill rate.
+        No fsync: the copy is scratch data whose checksum every process verifies before first
+        use (``_verified``), so a copy a crash left incomplete is caught and fetched again;
+        fsync would halve the fill rate. ``tmp`` exists and is empty; it is opened without
+        O_TRUNC, because ext4 flushes a file truncated to zero when it is closed
+        (``auto_da_alloc``), which cost a third of the fill rate here.
         """
-        h, n = Hasher(), 0
+        h = Hasher()
+        with open(tmp, "r+b", buffering=0) as out:
+            try:
+                n = self._copy_mapped(src, f, out, h) if src.local else 0
+                n += self._copy_stream(src, f, out, h, n, limit)
+            except OSError as e:
+                raise DataError(
+                    f"cannot write {tmp}: {e}; is {self.cache_dir} full? Point "
+                    "CANDLE_CACHE_DIR elsewhere or lower CANDLE_CACHE_BUDGET"
+                ) from e
+        return n, h.hexdigest()
+
+    @staticmethod
+    def _copy_mapped(src: _Source, f: IO[bytes], out: IO[bytes], h: Hasher) -> int:
+        """Copy a local file from its page-cache pages, as ``shutil.copyfile`` copies it once.
+
+        Both files are mapped: each chunk is written from the source's pages, then hashed from
+        the copy's, while it is still in the CPU cache; so the checksum is that of the bytes in
+        the cache, not of a second read of the source. -> bytes copied (0: not mappable; the
+        caller streams it instead)
+        """
+        fd, dst = f.fileno(), out.fileno()
+        size = os.fstat(fd).st_size
+        if size == 0:
+            return 0
+        os.ftruncate(dst, size)  # map the copy's full length; extending, not truncating
+        try:
+            source = mmap.mmap(fd, size, flags=_MAP_FLAGS, prot=mmap.PROT_READ)
+        except (OSError, ValueError):  # a file system that cannot map files
+            os.ftruncate(dst, 0)
+            return 0
+        try:
+            copy = mmap.mmap(dst, size, prot=mmap.PROT_READ)
+        except (OSError, ValueError):
+            source.close()
+            os.ftruncate(dst, 0)
+            return 0
+        with source, copy, memoryview(source) as sv, memoryview(copy) as cv:
+            for off in range(0, size, _MAP_CHUNK):
+                end = min(off + _MAP_CHUNK, size)
+                # Reading a mapped page past the end of a file that shrank is SIGBUS, which
+                # kills the process: check the size before touching each chunk.
+                if os.fstat(fd).st_size < end:
+                    raise ShardError(
+                        f"shard source {src.url} shrank while being copied (it had {size} "
+                        "bytes); shards must not be rewritten in place"
+                    )
+                done = off
+                while done < end:  # a write may take part of the chunk
+                    with sv[done:end] as part:
+                        done += os.pwrite(dst, part, done)
+                with cv[off:end] as written:
+                    h.update(written)
+        f.seek(size)  # anything appended meanwhile is read by the caller, which then refuses it
+        return size
+
+    @staticmethod
+    def _copy_stream(
+        src: _Source, f: IO[bytes], out: IO[bytes], h: Hasher, n: int, limit: int | None
+    ) -> int:
+        """Copy the rest of ``f`` through one reused buffer (read, hash, write). -> bytes
+
+        A fresh 4 MiB ``bytes`` per chunk would be above malloc's mmap threshold, so each chunk
+        would cost a map, page faults and an unmap.
+        """
         buf = bytearray(_CHUNK)
         view = memoryview(buf)
         readinto = getattr(f, "readinto", None)
-        with open(tmp, "wb", buffering=0) as out:  # whole chunks: no second buffer copy
-            while True:
-                try:
-                    if readinto is not None:
-                        got = readinto(buf)
-                        chunk = view[:got] if got else b""
-                    else:
-                        chunk = f.read(_CHUNK)
-                except Exception as e:
-                    raise _source_error(src.url, e) from e
-                if not chunk:
-                    break
-                n += len(chunk)
-                if limit is not None and n > limit:
-                    raise ShardError(
-                        f"shard source {src.url} is larger than the {limit} bytes expected; "
-                        "it changed while being copied or does not match the data manifest"
-                    )
-                h.update(chunk)
-                try:
-                    rest = memoryview(chunk)
-                    while rest:  # an unbuffered write may take part of the chunk
-                        rest = rest[out.write(rest) :]
-                except OSError as e:
-                    raise DataError(
-                        f"cannot write {tmp}: {e}; is {self.cache_dir} full? Point "
-                        "CANDLE_CACHE_DIR elsewhere or lower CANDLE_CACHE_BUDGET"
-                    ) from e
-        return n, h.hexdigest()
+        out.seek(n)
+        copied = 0
+        while True:
+            try:
+                if readinto is not None:
+                    got = readinto(buf)
+                    chunk = view[:got] if got else b""
+                else:
+                    chunk = f.read(_CHUNK)
+            except Exception as e:
+                raise _source_error(src.url, e) from e
+            if not chunk:
+                return copied
+            copied += len(chunk)
+            if limit is not None and n + copied > limit:
+                raise ShardError(
+                    f"shard source {src.url} is larger than the {limit} bytes expected; "
+                    "it changed while being copied or does not match the data manifest"
+                )
+            h.update(chunk)
+            rest = memoryview(chunk)
+            while rest:  # an unbuffered write may take part of the chunk
+                rest = rest[out.write(rest) :]
 
     # ------------------------------------------------------------------ budget
 
