@@ -32,6 +32,10 @@ commands:
           the Trainer's parameters)
   data    HDF5 shard datasets: pack INPUT --out DIR, verify DIR, info DIR, split DIR
           (python -m candle data --help)
+  study   run a study (many trials in parallel, recorded in DIR/study.db):
+          python -m candle study STUDY.yaml [--resume] [--slots N] [--executor local|parsl
+          --site local|slurm|pbs | --parsl-config FILE.py]
+  runs    query a study: list DIR, show DIR TRIAL_ID, export DIR --out FILE.csv|.parquet
 
 Parameters come from, lowest to highest precedence: the params class's defaults, the CONFIG
 file (YAML, TOML, JSON or a CANDLE *_default_model.txt), CANDLE_<NAME> environment variables,
@@ -126,6 +130,47 @@ def _train(argv: list[str]) -> int:
     return EXIT_INTERRUPTED if result.status == "interrupted" else 0
 
 
+def _study(argv: list[str]) -> int:
+    import argparse
+
+    from candle.workflow.study import Study, load_study_config
+
+    ap = argparse.ArgumentParser(
+        prog="python -m candle study", description="Run a study: many trials, in parallel."
+    )
+    ap.add_argument("study", help="study file (YAML, JSON or TOML)")
+    ap.add_argument("--resume", action="store_true", help="continue the study in its directory")
+    ap.add_argument("--slots", type=int, help="trials at once (overrides executor.slots)")
+    ap.add_argument("--executor", choices=("local", "parsl"), help="overrides executor.kind")
+    ap.add_argument("--site", help="Parsl site profile: local, slurm or pbs")
+    ap.add_argument("--parsl-config", help="a Python file defining a Parsl `config`")
+    ap.add_argument("--quiet", action="store_true", help="no progress lines")
+    args = ap.parse_args(argv)
+    cfg = load_study_config(args.study)
+    executor = dict(cfg.executor)
+    if args.executor and args.executor != executor.get("kind", "local"):
+        executor = {"kind": args.executor}
+    if args.site or args.parsl_config:
+        executor = {"kind": "parsl", **({"site": args.site} if args.site else {})}
+        if args.parsl_config:
+            executor["config"] = args.parsl_config
+    if args.slots is not None:
+        executor["slots"] = args.slots
+    cfg.executor = executor
+    summary = Study(cfg, resume=args.resume, progress=not args.quiet).run()
+    counts = ", ".join(f"{n} {status}" for status, n in summary.counts.items() if n)
+    print(f"study {cfg.name}: {counts or 'no trials'} in {summary.wall_s:.1f} s")
+    if summary.best is not None:
+        print(
+            f"best: trial {summary.best.trial_id} objective {summary.best.objective:.6g} "
+            f"params {summary.best.params}"
+        )
+    print(
+        f"store: {summary.directory / 'study.db'} (python -m candle runs list {summary.directory})"
+    )
+    return 0 if summary.counts.get("done", 0) else 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -140,7 +185,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             from candle.data._cli import main as data_main
 
             return data_main(rest)
-        raise ConfigError(f"unknown command {command!r}; commands: train, data (see --help)")
+        if command == "study":
+            return _study(rest)
+        if command == "runs":
+            from candle.workflow._runs_cli import main as runs_main
+
+            return runs_main(rest)
+        raise ConfigError(
+            f"unknown command {command!r}; commands: train, data, study, runs (see --help)"
+        )
     except ConfigError as e:
         print(f"candle: configuration error: {e}", file=sys.stderr)
         return 2

@@ -183,6 +183,12 @@ class Params:
     # optimization
     epochs: int = param(10, min=0, help="passes over the training data")
     max_steps: int = param(0, min=0, help="stop after this many optimizer steps; 0 = no limit")
+    stop_at_epoch: int = param(
+        0,
+        min=0,
+        help="end this segment after this epoch, status 'paused' (resume=true continues it to "
+        "`epochs` with the same schedule); 0 = run to the end",
+    )
     batch_size: int = param(32, min=1, help="training batch size (per process)")
     eval_batch_size: int = param(0, min=0, help="evaluation batch size; 0 = batch_size")
     learning_rate: float = param(1e-3, min=0.0, aliases=("lr",), help="base learning rate")

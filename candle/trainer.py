@@ -67,8 +67,8 @@ log = logging.getLogger("candle.trainer")
 class FitResult:
     """What ``fit()`` returns; ``result.json`` in the run directory holds the same."""
 
-    status: str  # "completed" or "interrupted" (time limit; resume to continue)
-    stop_reason: str  # "epochs", "max_steps", "early_stopping", "time_limit"
+    status: str  # "completed", "interrupted" (time limit) or "paused" (segment); resume continues
+    stop_reason: str  # "epochs", "max_steps", "early_stopping", "time_limit", "segment"
     history: list[dict[str, float]]
     best_metrics: dict[str, float]
     last_metrics: dict[str, float]
@@ -213,6 +213,8 @@ class Trainer:
             # Elastic Horovod runs the loop again, from its last commit, when ranks come or go.
             strategy.run(self, self._train_epochs)
             reason = self._stop[0] if self._stop else "epochs"
+            if reason == "epochs" and self.epoch < p.epochs:  # stopped by stop_at_epoch
+                reason = "segment"
             result = self._make_result(reason, started)
             self._fire("on_fit_end", result)  # the final checkpoint is written here
             if self._checkpoints is not None:  # rank 0 only
@@ -247,7 +249,8 @@ class Trainer:
         max_steps = p.max_steps or None
         if strategy.is_main and self._log_handler is None:
             self._become_main()  # an elastic reset made this process rank 0
-        while self.epoch < p.epochs and self._stop is None:
+        end = min(p.epochs, p.stop_at_epoch) if p.stop_at_epoch else p.epochs
+        while self.epoch < end and self._stop is None:
             loader = self._loader(
                 train_data, train=True, epoch=self.epoch, skip=self.batch_in_epoch
             )
@@ -666,7 +669,7 @@ class Trainer:
         last = self.history[-1] if self.history else {}
         best = self._best[1] if self._best else {}
         return FitResult(
-            status="interrupted" if reason == "time_limit" else "completed",
+            status={"time_limit": "interrupted", "segment": "paused"}.get(reason, "completed"),
             stop_reason=reason,
             history=list(self.history),
             best_metrics=best,

@@ -368,6 +368,29 @@ def test_resume_at_epoch_boundary_equals_uninterrupted(tmp_path):
     assert len((tmp_path / "part" / "metrics.jsonl").read_text().splitlines()) == 4
 
 
+def test_segments_with_a_cosine_schedule_equal_one_uninterrupted_run(tmp_path):
+    """stop_at_epoch ends a segment ("paused"); resuming continues the same schedule."""
+    kw = {"epochs": 5, "lr_schedule": "cosine", "warmup_steps": 3}
+    full = tiny(run_dir=str(tmp_path / "full"), **kw)
+    full.fit()
+    run_dir = str(tmp_path / "seg")
+    first = tiny(run_dir=run_dir, stop_at_epoch=2, **kw).fit()
+    assert (first.status, first.stop_reason, len(first.history)) == ("paused", "segment", 2)
+    assert read_result(tmp_path / "seg")["status"] == "paused"
+    second = tiny(run_dir=run_dir, stop_at_epoch=4, resume=True, **kw).fit()
+    assert (second.status, len(second.history)) == ("paused", 4)
+    last = tiny(run_dir=run_dir, resume=True, **kw)
+    result = last.fit()
+    assert (result.status, result.stop_reason, len(result.history)) == ("completed", "epochs", 5)
+    wf, wl = weights(full), weights(last)
+    assert all(torch.equal(wf[k], wl[k]) for k in wf)
+    assert [h["lr"] for h in result.history] == [h["lr"] for h in full.history]
+    # a segment end past `epochs` is simply the end of training
+    assert tiny(run_dir=str(tmp_path / "past"), epochs=2, stop_at_epoch=9).fit().status == (
+        "completed"
+    )
+
+
 def test_resume_with_a_different_model_is_a_clear_error(tmp_path):
     from candle import CheckpointError
 
