@@ -78,3 +78,30 @@ class EnvTrainer(TinyTrainer):
         seen["torch_threads"] = torch.get_num_threads()
         (Path(self.run_dir) / "env.json").write_text(json.dumps(seen))
         return super().build_model()
+
+
+@dataclass
+class ShardParams(TinyParams):
+    data_dir: str = param("", help="a packed shard dataset")
+
+
+class ShardFileTrainer(TinyTrainer):
+    """Reads a packed shard dataset (first 80 % of rows to train, the rest to validate)."""
+
+    params_class = ShardParams
+
+    def build_data(self):
+        from torch.utils.data import Subset
+
+        from candle.data import ShardDataset
+
+        ds = ShardDataset(self.params.data_dir)
+        cut = int(0.8 * len(ds))
+        return Subset(ds, range(cut)), Subset(ds, range(cut, len(ds)))
+
+    def training_step(self, batch):
+        x, y = batch
+        return torch.nn.functional.mse_loss(self.model(x).squeeze(-1), y)
+
+    def validation_step(self, batch):
+        return {"loss": self.training_step(batch)}

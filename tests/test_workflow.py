@@ -398,3 +398,71 @@ def test_driver_killed_at_several_points_and_resumed_loses_and_repeats_nothing(t
     resumed = [t for t in trials if t.attempt > 1]
     assert resumed, "no trial was interrupted: the kill points missed"
     assert any("resumed from" in (Path(t.trial_dir) / "train.log").read_text() for t in resumed)
+
+
+# --------------------------------------------------------------------------- several ranks
+
+try:
+    import horovod.torch  # noqa: F401
+
+    from candle.testing.processes import find_launcher
+
+    _HOROVODRUN = find_launcher("horovodrun")
+except ImportError:
+    _HOROVODRUN = None
+
+
+@pytest.mark.distributed
+@pytest.mark.skipif(_HOROVODRUN is None, reason="horovod is not installed")
+def test_a_trial_with_two_ranks_runs_under_horovodrun(tmp_path):
+    cfg = study(
+        tmp_path,
+        trainer="candle.testing:TinyTrainer",
+        params={"epochs": 2, "n_samples": 128, "hidden": 4, "tensorboard": False},
+        resources={"ranks": 2, "launcher": "horovodrun", "threads": 1},
+        executor={"kind": "local", "slots": 1},
+        trials=[{}],
+    )
+    summary = run_study(cfg, progress=False)
+    trials = records(tmp_path)
+    assert summary.counts["done"] == 1, trials["t0"].error
+    result = json.loads((Path(trials["t0"].trial_dir) / "result.json").read_text())
+    assert result["world_size"] == 2 and len(result["history"]) == 2
+    log = (Path(trials["t0"].trial_dir) / "trial.log").read_text()
+    assert "horovodrun -np 2 -H localhost:2" in log
+
+
+def test_the_store_records_the_data_checksum_of_each_trial(tmp_path):
+    import numpy as np
+    import pandas as pd
+
+    from candle.data import ShardDataset, pack
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(rng.normal(size=(80, 8)), columns=[f"g{i}" for i in range(8)])
+    frame["y"] = frame.sum(axis=1)
+    frame.to_csv(tmp_path / "t.csv", index=False)
+    pack(tmp_path / "t.csv", tmp_path / "ds", target="y", shard_size="4KB")
+    cfg = study(
+        tmp_path,
+        trainer=f"{HERE / '_wf_trainers.py'}:ShardFileTrainer",
+        params={"epochs": 1, "tensorboard": False, "data_dir": str(tmp_path / "ds")},
+        trials=[{"learning_rate": 0.01}],
+    )
+    assert run_study(cfg, progress=False).counts["done"] == 1
+    data = records(tmp_path)["t0"].extra["data"]
+    checksum = ShardDataset(tmp_path / "ds").checksum
+    assert data["train"]["checksum"] == data["val"]["checksum"] == checksum
+
+
+def test_the_example_study_runs(tmp_path):
+    """examples/study.yaml as shipped (fewer epochs, its own directory)."""
+    import yaml
+
+    root = HERE.parent
+    cfg = yaml.safe_load((root / "examples" / "study.yaml").read_text())
+    cfg["directory"] = str(tmp_path / "example")
+    cfg["params"]["epochs"] = 2
+    cfg["trainer"] = str(root / cfg["trainer"])
+    summary = run_study(cfg, progress=False)
+    assert summary.counts["done"] == 6 and summary.best.objective < 0.7  # ln 2 = chance

@@ -169,8 +169,7 @@ def load_study_config(config: str | os.PathLike | Mapping[str, Any]) -> StudyCon
                     raise ValueError
             except ValueError:
                 raise ConfigError(
-                    f"{source}: `{key}` must be seconds, '30m', '2h' or 'HH:MM:SS', got "
-                    f"{value!r}"
+                    f"{source}: `{key}` must be seconds, '30m', '2h' or 'HH:MM:SS', got {value!r}"
                 ) from None
             times[key] = seconds
     resources = Resources.from_dict(data.get("resources"), where=f"{source}: resources")
@@ -336,9 +335,11 @@ class Study:
         self.progress = progress
         self.source = source or GridSource(cfg)
         self.trainer = _trainer_path(cfg)
+        self.cwd = os.getcwd()  # trials run here, so relative paths mean what they mean here
         self.monitor, self.mode = monitor, mode
         self._executor = executor
-        self.driver_s = 0.0
+        self.driver_s = 0.0  # scheduling, recording and collecting; not waiting
+        self.driver_s_by_trial: dict[int, float] = {}
         self.handled = 0
         self.durations: list[float] = []
         self.last_outcomes: dict[int, TrialOutcome] = {}
@@ -401,27 +402,32 @@ class Study:
             running: dict[Future, tuple[TrialRecord, TrialSpec]] = {}
             last_report = 0.0
             while True:
-                t0 = time.perf_counter()
                 while len(running) < executor.slots:
+                    t0 = time.perf_counter()
                     if not pending:
-                        pending.extend(self._new_trials(executor.slots - len(running)))
+                        batch = self._new_trials(executor.slots - len(running))
+                        pending.extend(batch)
+                        self._charge([rec.trial_id for rec, _ in batch], t0)
                     if not pending:
                         break
+                    t0 = time.perf_counter()
                     rec, stop = pending.popleft()
                     fut, spec = self._submit(rec, stop)
                     running[fut] = (self._store.trial(rec.trial_id), spec)
-                self.driver_s += time.perf_counter() - t0
+                    self._charge([rec.trial_id], t0)
                 if not running:
                     break
                 done, _ = wait(list(running), timeout=5.0, return_when=FIRST_COMPLETED)
                 t0 = time.perf_counter()
+                ids = []
                 with store.transaction():
                     for fut in done:
                         rec, spec = running.pop(fut)
+                        ids.append(rec.trial_id)
                         again = self._collect(rec, spec, fut)
                         if again is not None:
                             pending.appendleft(again)
-                self.driver_s += time.perf_counter() - t0
+                self._charge(ids, t0)
                 if self.progress and time.monotonic() - last_report > 10:
                     last_report = time.monotonic()
                     self._report(len(running), len(pending), start)
@@ -441,6 +447,15 @@ class Study:
         finally:
             executor.shutdown(wait=True)
             store.close()
+
+    def _charge(self, trial_ids: list[int], since: float) -> None:
+        """Book the driver's time since ``since`` to these trials, in equal shares."""
+        spent = time.perf_counter() - since
+        self.driver_s += spent
+        for trial_id in trial_ids:
+            self.driver_s_by_trial[trial_id] = self.driver_s_by_trial.get(
+                trial_id, 0.0
+            ) + spent / len(trial_ids)
 
     def _recover(self) -> deque[tuple[TrialRecord, int]]:
         """The queue after a restart: trials that were queued or running, oldest first.
@@ -499,6 +514,7 @@ class Study:
             stop_at_epoch=stop,
             attempt=rec.attempt + 1,
             grace=cfg.grace,
+            cwd=self.cwd,
         )
         now = time.time()
         self._store.update_trial(
@@ -591,9 +607,11 @@ class Study:
     def _finish(self, rec: TrialRecord, outcome: TrialOutcome) -> None:
         store = self._store
         if outcome.status == "done":
+            extra = {**rec.extra, "data": outcome.data} if outcome.data else rec.extra
             store.update_trial(
                 rec.trial_id,
                 status="done",
+                extra=extra,
                 objective=outcome.objective,
                 metrics=outcome.metrics,
                 ended_at=outcome.ended_at or time.time(),
@@ -681,9 +699,18 @@ def _duration_text(seconds: float) -> str:
 
 
 def _trainer_path(cfg: StudyConfig) -> str:
+    """``module:Class`` as given, or ``file.py:Class`` with the file made absolute (looked for
+    from the current directory, then beside the study file)."""
     from candle.models import trainer_path
 
-    return trainer_path(cfg.trainer)
+    path = trainer_path(cfg.trainer)
+    module, _, name = path.rpartition(":")
+    if module.endswith(".py") and not Path(module).is_absolute():
+        here = Path(module)
+        beside = Path(cfg.source).parent / module if cfg.source != "dict" else here
+        found = here if here.is_file() else beside
+        path = f"{found.resolve()}:{name}"
+    return path
 
 
 def _final_result(trial_dir: Path) -> dict[str, Any] | None:
@@ -705,6 +732,7 @@ def _outcome_from_result(rec: TrialRecord, result: dict[str, Any]) -> TrialOutco
     out.metrics = dict(result.get("metrics") or {})
     out.history = list(result.get("history") or [])
     out.epoch = int(result.get("epoch") or 0)
+    out.data = dict((result.get("provenance") or {}).get("data") or {})
     out.ended_at = Path(rec.trial_dir, "result.json").stat().st_mtime
     return out
 

@@ -133,6 +133,9 @@ class TrialSpec:
     # replaces the launcher's own prefix, e.g. Parsl MPI mode's $PARSL_MPI_PREFIX for the nodes
     # and ranks it gave this task
     launch_prefix: list[str] | None = None
+    # working directory of the trial's process (relative paths in params resolve against it);
+    # None: the trial directory
+    cwd: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "resources": self.resources.to_dict()}
@@ -161,6 +164,7 @@ class TrialOutcome:
     started_at: float = 0.0
     ended_at: float = 0.0
     checkpoint: str | None = None
+    data: dict[str, Any] = field(default_factory=dict)  # the datasets' checksums (provenance)
 
     @property
     def elapsed(self) -> float:
@@ -324,7 +328,7 @@ def run_trial(
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     env=_environment(spec, gpu_ids),
-                    cwd=trial_dir,
+                    cwd=spec.cwd if spec.cwd and Path(spec.cwd).is_dir() else trial_dir,
                     pass_fds=(read_end,),
                 )
             finally:
@@ -360,6 +364,7 @@ def _outcome(
     out.metrics = dict(result.get("metrics") or {})
     out.epoch = int(result.get("epoch") or 0)
     out.checkpoint = result.get("last_checkpoint") or result.get("checkpoint")
+    out.data = dict((result.get("provenance") or {}).get("data") or {})
     objective = (result.get("objective") or {}).get("value")
     out.objective = float(objective) if isinstance(objective, int | float) else None
     status = result.get("status")
