@@ -466,3 +466,39 @@ def test_the_example_study_runs(tmp_path):
     cfg["trainer"] = str(root / cfg["trainer"])
     summary = run_study(cfg, progress=False)
     assert summary.counts["done"] == 6 and summary.best.objective < 0.7  # ln 2 = chance
+
+
+def test_ctrl_c_on_the_driver_stops_its_trials_and_resume_continues(tmp_path):
+    path = tmp_path / "s.json"
+    directory = tmp_path / "int"
+    path.write_text(
+        json.dumps(
+            {
+                "name": "int",
+                "trainer": FAULTY,
+                "directory": str(directory),
+                "params": dict(TINY, epochs=6, epoch_sleep=1.5),  # trials of 9 s and more
+                "grid": {"seed": [0, 1]},
+                "executor": {"kind": "local", "slots": 2},
+                "grace": 2,
+            }
+        )
+    )
+    cmd = [sys.executable, "-m", "candle", "study", str(path), "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    db = directory / "study.db"
+    _wait_for(lambda: _counts(db).get("running", 0) >= 2, 60, "2 running trials")
+    with Store(db, readonly=True) as store:
+        dirs = [Path(t.trial_dir) for t in store.trials()]
+    _wait_for(lambda: all((d / "result.json").exists() for d in dirs), 60, "trials to start")
+    proc.send_signal(signal.SIGINT)
+    t0 = time.monotonic()
+    proc.wait(30)
+    assert proc.returncode != 0
+    assert time.monotonic() - t0 < 5  # it stopped its trials rather than wait for them
+    for d in dirs:
+        _wait_for(lambda d=d: not _processes_in(d), 5, f"the trial in {d} to stop")
+    assert _counts(db)["running"] == 2
+    resumed = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    assert _counts(db)["done"] == 2

@@ -13,7 +13,10 @@ and never on a single trial. An exception from a future means the attempt was lo
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import subprocess
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -113,6 +116,8 @@ class LocalExecutor:
         self._pool = _Pool(self.cpus, self.gpus)
         self._threads = ThreadPoolExecutor(self._slots, thread_name_prefix="candle-trial")
         self._runner = runner
+        self._procs: set[subprocess.Popen] = set()
+        self._lock = threading.Lock()
 
     @property
     def slots(self) -> int:
@@ -142,12 +147,31 @@ class LocalExecutor:
     def _run(self, spec: TrialSpec) -> dict[str, Any]:
         r = spec.resources
         gpus = self._pool.take(r)
+        started: list[subprocess.Popen] = []
+
+        def on_start(proc: subprocess.Popen) -> None:
+            started.append(proc)
+            with self._lock:
+                self._procs.add(proc)
+
         try:
+            if self._runner is run_trial:
+                return run_trial(spec.to_dict(), gpus, on_start=on_start)
             return self._runner(spec.to_dict(), gpus)
         finally:
+            with self._lock:
+                self._procs.difference_update(started)
             self._pool.give(r, gpus)
 
     def shutdown(self, wait: bool = True) -> None:
+        """Stop taking trials; with ``wait=False`` also stop the running ones (SIGTERM to their
+        supervisors, which take down each trial's process tree) instead of waiting for them."""
+        if not wait:
+            with self._lock:
+                procs = list(self._procs)
+            for proc in procs:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGTERM)
         self._threads.shutdown(wait=wait, cancel_futures=True)
 
 

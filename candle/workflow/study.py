@@ -374,7 +374,13 @@ class Study:
         if self.resume and not db.exists():
             raise ConfigError(f"--resume: no study to continue in {self.directory} ({db})")
         if self._executor is None:
-            self._executor = make_executor(cfg.executor, where=f"{cfg.source}: executor")
+            executor = dict(cfg.executor)
+            config = executor.get("config")
+            if isinstance(config, str) and cfg.source != "dict" and not Path(config).is_file():
+                beside = Path(cfg.source).parent / config  # relative to the study file
+                if beside.is_file():
+                    executor["config"] = str(beside)
+            self._executor = make_executor(executor, where=f"{cfg.source}: executor")
         try:
             self._executor.check(cfg.resources)
         except BaseException:
@@ -443,9 +449,12 @@ class Study:
             )
             if self.progress:
                 self._report(0, 0, start, final=True)
-            return summary
-        finally:
             executor.shutdown(wait=True)
+            return summary
+        except BaseException:
+            executor.shutdown(wait=False)  # interrupted: stop the running trials now
+            raise
+        finally:
             store.close()
 
     def _charge(self, trial_ids: list[int], since: float) -> None:

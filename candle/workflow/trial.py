@@ -28,6 +28,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -258,7 +259,9 @@ def _trial_lock(trial_dir: Path, wait: float):
     """Hold the trial directory's lock while a process of this trial may be writing in it.
 
     A trial process left by a driver that died stops within a second or two (its supervisor
-    sees the pipe close); the next attempt waits for that rather than run beside it.
+    sees the pipe close); the next attempt waits for that rather than run beside it. The
+    supervisor inherits the locked descriptor, so the lock lasts as long as it does, even when
+    the process that took it dies first. -> the descriptor
     """
     fd = os.open(trial_dir / _LOCK, os.O_CREAT | os.O_RDWR, 0o644)
     try:
@@ -274,18 +277,22 @@ def _trial_lock(trial_dir: Path, wait: float):
                         f"{wait:.0f} s (an earlier attempt that did not stop?)"
                     ) from None
                 time.sleep(0.05)
-        yield
+        yield fd
     finally:
         os.close(fd)  # releases the lock
 
 
 def run_trial(
-    spec_data: dict[str, Any], gpu_ids: list[int] | None = None, python: str | None = None
+    spec_data: dict[str, Any],
+    gpu_ids: list[int] | None = None,
+    python: str | None = None,
+    on_start: Callable[[subprocess.Popen], None] | None = None,
 ) -> dict[str, Any]:
     """Run one attempt of a trial to its end; -> :class:`TrialOutcome` as a dict.
 
     Never raises for anything the trial did (crash, signal, time limit): that is the outcome.
-    It raises only when the attempt could not be started at all.
+    It raises only when the attempt could not be started at all. ``on_start`` gets the
+    supervisor's process (SIGTERM to it stops the trial's whole tree).
     """
     spec = TrialSpec.from_dict(spec_data)
     trial_dir = Path(spec.trial_dir)
@@ -297,7 +304,7 @@ def run_trial(
         os.replace(tmp, config)
     host = socket.gethostname()
     cmd = trial_command(spec, python)
-    with _trial_lock(trial_dir, wait=spec.grace + 30):
+    with _trial_lock(trial_dir, wait=spec.grace + 30) as lock_fd:
         result_file = trial_dir / "result.json"
         before = result_file.stat().st_mtime_ns if result_file.exists() else None
         log_path = trial_dir / "trial.log"
@@ -329,10 +336,12 @@ def run_trial(
                     stderr=subprocess.STDOUT,
                     env=_environment(spec, gpu_ids),
                     cwd=spec.cwd if spec.cwd and Path(spec.cwd).is_dir() else trial_dir,
-                    pass_fds=(read_end,),
+                    pass_fds=(read_end, lock_fd),
                 )
             finally:
                 os.close(read_end)
+            if on_start is not None:  # e.g. an executor that stops its trials on shutdown
+                on_start(proc)
             try:
                 rc = proc.wait()
             except BaseException:  # the driver is stopping: take the trial with it
