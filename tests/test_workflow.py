@@ -325,6 +325,17 @@ def _wait_for(predicate, timeout, what):
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
+def _running_with_checkpoint(db: Path) -> bool:
+    with Store(db, readonly=True) as store:
+        running = store.trials(status="running")
+    for t in running:
+        if list(Path(t.trial_dir, "checkpoints").glob("ckpt-*.pt")):
+            result = Path(t.trial_dir, "result.json")
+            if not result.exists() or json.loads(result.read_text())["status"] == "running":
+                return True
+    return False
+
+
 def _counts(db: Path) -> dict[str, int]:
     if not db.exists():
         return {}
@@ -372,8 +383,8 @@ def test_driver_killed_at_several_points_and_resumed_loses_and_repeats_nothing(t
     for i, point in enumerate([("running", 1), ("done", 2), ("done", 5)]):
         status, n = point
         _wait_for(lambda s=status, n=n: _counts(db).get(s, 0) >= n, 120, f"{n} {status}")
-        if i == 0:  # let the first trials write a checkpoint or two
-            time.sleep(2.5)
+        if i == 0:  # kill while a running trial has a checkpoint (to resume from) but is not done
+            _wait_for(lambda: _running_with_checkpoint(db), 120, "a checkpoint of a running trial")
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         with Store(db, readonly=True) as store:

@@ -52,6 +52,7 @@ from candle.workflow.store import Store, TrialRecord
 from candle.workflow.trial import Resources, TrialOutcome, TrialSpec
 
 __all__ = [
+    "WAIT",
     "GridSource",
     "Proposal",
     "Study",
@@ -101,6 +102,7 @@ class StudyConfig:
     segment_epochs: int = 0
     grace: float = 10.0
     source: str = "dict"  # where it came from, for messages
+    extra: dict[str, Any] = field(default_factory=dict)  # sections of other workflows (search)
 
     @property
     def path(self) -> Path:
@@ -110,7 +112,7 @@ class StudyConfig:
         data = dataclasses.asdict(self)
         data["resources"] = self.resources.to_dict()
         data.pop("source")
-        return data
+        return {**data.pop("extra"), **data}
 
 
 def load_study_config(config: str | os.PathLike | Mapping[str, Any]) -> StudyConfig:
@@ -214,11 +216,21 @@ def _read_file(path: Path) -> Any:
 
 @dataclass
 class Proposal:
-    """A trial a source wants run: its own parameters and a key that identifies it."""
+    """A trial a source wants run: its own parameters and a key that identifies it.
 
-    params: dict[str, Any]
+    With ``trial_id`` it is instead an existing trial (one waiting after a segment, e.g. for an
+    ASHA promotion) to continue from its checkpoint up to epoch ``stop``. ``stop`` on a new
+    trial ends its first segment there (None: the study's ``segment_epochs``).
+    """
+
+    params: dict[str, Any] = field(default_factory=dict)
     key: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    stop: int | None = None
+    trial_id: int | None = None
+
+
+WAIT = "wait"  # next_stop: keep the trial (recorded as pruned) in case the source continues it
 
 
 class TrialSource(Protocol):
@@ -238,8 +250,9 @@ class TrialSource(Protocol):
         """True when no more trials will ever be proposed."""
         ...
 
-    def next_stop(self, trial: TrialRecord, outcome: TrialOutcome) -> int | None:
-        """A segment ended at ``outcome.epoch``: the epoch to continue to, or None to prune."""
+    def next_stop(self, trial: TrialRecord, outcome: TrialOutcome) -> int | str | None:
+        """A segment ended at ``outcome.epoch``: the epoch to continue to, None to prune, or
+        :data:`WAIT` (recorded as pruned; a later ``ask`` may continue it by ``trial_id``)."""
         ...
 
 
@@ -437,6 +450,11 @@ class Study:
                 if self.progress and time.monotonic() - last_report > 10:
                     last_report = time.monotonic()
                     self._report(len(running), len(pending), start)
+            with store.transaction():  # trials the source kept waiting were not continued
+                for t in store.trials(study_id, status="pruned"):
+                    if t.extra.get("waiting"):
+                        reason = f"stopped after epoch {t.segment} (not continued)"
+                        store.update_trial(t.trial_id, reason=reason)
             counts = store.counts(study_id)
             best = self.best()
             summary = StudySummary(
@@ -474,6 +492,9 @@ class Study:
         """
         store, pending = self._store, deque()
         trials = store.trials(self._study_id)
+        attach = getattr(self.source, "attach", None)
+        if callable(attach):  # a source that reads more of the store (segment history)
+            attach(store)
         self.source.restore(trials)
         for rec in trials:
             if rec.status not in ("queued", "running"):
@@ -491,12 +512,23 @@ class Study:
         return pending
 
     def _new_trials(self, n: int) -> list[tuple[TrialRecord, int]]:
-        if n <= 0 or self.source.exhausted():
+        if n <= 0:
             return []
         proposals = self.source.ask(n)
         out = []
         with self._store.transaction():
             for p in proposals:
+                if p.trial_id is not None:  # continue a waiting trial
+                    rec = self._store.trial(p.trial_id)
+                    stop = int(p.stop or 0)
+                    self._store.update_trial(
+                        p.trial_id,
+                        status="queued",
+                        reason=None,
+                        extra={**rec.extra, "stop": stop, "waiting": False},
+                    )
+                    out.append((self._store.trial(p.trial_id), stop))
+                    continue
                 trial_id = self._store.add_trial(
                     self._study_id,
                     p.params,
@@ -507,7 +539,7 @@ class Study:
                 )
                 trial_dir = str((self.directory / "trials" / f"{trial_id:05d}").resolve())
                 self._store.update_trial(trial_id, trial_dir=trial_dir)
-                stop = self.cfg.segment_epochs
+                stop = self.cfg.segment_epochs if p.stop is None else p.stop
                 out.append((self._store.trial(trial_id), stop))
         return out
 
@@ -578,17 +610,22 @@ class Study:
         )
         rec = store.trial(rec.trial_id)
         if outcome.status == "paused":
+            self._objective(outcome)  # may make it "nan": then it is a failure, below
+        if outcome.status == "paused":
             stop = self.source.next_stop(rec, outcome)
-            if stop is None:
+            if stop is None or stop == WAIT:
+                waiting = stop == WAIT
                 store.update_trial(
                     rec.trial_id,
                     status="pruned",
-                    reason=f"stopped after epoch {outcome.epoch}",
+                    reason=f"{'waiting' if waiting else 'stopped'} after epoch {outcome.epoch}",
                     objective=outcome.objective,
                     metrics=outcome.metrics,
                     ended_at=outcome.ended_at,
+                    extra={**rec.extra, "waiting": waiting},
                 )
-                self.source.tell(store.trial(rec.trial_id), outcome)
+                if not waiting:
+                    self.source.tell(store.trial(rec.trial_id), outcome)
                 return None
             store.update_trial(rec.trial_id, status="queued", extra={**rec.extra, "stop": stop})
             return store.trial(rec.trial_id), stop
@@ -613,8 +650,18 @@ class Study:
         self._finish(rec, outcome)
         return None
 
+    def _objective(self, outcome: TrialOutcome) -> None:
+        """Let the source define the objective (a metric at an epoch, best or last)."""
+        define = getattr(self.source, "objective", None)
+        if callable(define) and outcome.status in ("done", "paused"):
+            outcome.objective = define(outcome)
+            if outcome.objective is None or not math.isfinite(outcome.objective):
+                outcome.status = "nan"
+                outcome.reason = f"objective is {outcome.objective} (no finite value)"
+
     def _finish(self, rec: TrialRecord, outcome: TrialOutcome) -> None:
         store = self._store
+        self._objective(outcome)
         if outcome.status == "done":
             extra = {**rec.extra, "data": outcome.data} if outcome.data else rec.extra
             store.update_trial(
