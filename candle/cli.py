@@ -133,6 +133,7 @@ def _train(argv: list[str]) -> int:
 def _study(argv: list[str]) -> int:
     import argparse
 
+    from candle.workflow.executors import add_executor_arguments, executor_from_arguments
     from candle.workflow.study import Study, load_study_config
 
     ap = argparse.ArgumentParser(
@@ -140,22 +141,11 @@ def _study(argv: list[str]) -> int:
     )
     ap.add_argument("study", help="study file (YAML, JSON or TOML)")
     ap.add_argument("--resume", action="store_true", help="continue the study in its directory")
-    ap.add_argument("--slots", type=int, help="trials at once (overrides executor.slots)")
-    ap.add_argument("--executor", choices=("local", "parsl"), help="overrides executor.kind")
-    ap.add_argument("--site", help="Parsl site profile: local, slurm or pbs")
-    ap.add_argument("--parsl-config", help="a Python file defining a Parsl `config`")
+    add_executor_arguments(ap)
     ap.add_argument("--quiet", action="store_true", help="no progress lines")
     args = ap.parse_args(argv)
     cfg = load_study_config(args.study)
-    executor = dict(cfg.executor)
-    if args.executor and args.executor != executor.get("kind", "local"):
-        executor = {"kind": args.executor}
-    if args.site or args.parsl_config:
-        executor = {"kind": "parsl", **({"site": args.site} if args.site else {})}
-        if args.parsl_config:
-            executor["config"] = args.parsl_config
-    if args.slots is not None:
-        executor["slots"] = args.slots
+    executor = executor_from_arguments(args, cfg.executor)
     cfg.executor = executor
     summary = Study(cfg, resume=args.resume, progress=not args.quiet).run()
     counts = ", ".join(f"{n} {status}" for status, n in summary.counts.items() if n)

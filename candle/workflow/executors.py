@@ -25,7 +25,15 @@ from typing import Any, Protocol
 from candle.errors import ConfigError
 from candle.workflow.trial import Resources, TrialSpec, run_trial
 
-__all__ = ["EXECUTORS", "Executor", "LocalExecutor", "make_executor", "visible_gpus"]
+__all__ = [
+    "EXECUTORS",
+    "Executor",
+    "LocalExecutor",
+    "add_executor_arguments",
+    "executor_from_arguments",
+    "make_executor",
+    "visible_gpus",
+]
 
 EXECUTORS = ("local", "parsl")
 
@@ -201,3 +209,26 @@ def make_executor(config: dict[str, Any] | None, where: str = "executor") -> Exe
 
         return ParslExecutor.from_config(config, where=where)
     raise ConfigError(f"{where}.kind must be one of {', '.join(EXECUTORS)}, got {kind!r}")
+
+
+def add_executor_arguments(ap: Any) -> None:
+    """The command-line options that override a study's ``executor:`` section."""
+    ap.add_argument("--slots", type=int, help="trials at once (overrides executor.slots)")
+    ap.add_argument("--executor", choices=EXECUTORS, help="overrides executor.kind")
+    ap.add_argument("--site", help="Parsl site profile: local, slurm or pbs")
+    ap.add_argument("--parsl-config", help="a Python file defining a Parsl `config`")
+
+
+def executor_from_arguments(args: Any, executor: dict[str, Any]) -> dict[str, Any]:
+    """A study's ``executor:`` section with the command line's overrides applied."""
+    executor = dict(executor)
+    if args.executor and args.executor != executor.get("kind", "local"):
+        executor = {"kind": args.executor}
+    if args.site or args.parsl_config:
+        executor = {"kind": "parsl", **({"site": args.site} if args.site else {})}
+        if args.parsl_config:
+            executor["config"] = args.parsl_config
+    if args.slots is not None:
+        executor["slots"] = args.slots
+    return executor
+
