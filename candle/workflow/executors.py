@@ -231,4 +231,3 @@ def executor_from_arguments(args: Any, executor: dict[str, Any]) -> dict[str, An
     if args.slots is not None:
         executor["slots"] = args.slots
     return executor
-
