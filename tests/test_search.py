@@ -349,3 +349,34 @@ def test_search_end_to_end_with_asha_a_killed_trial_and_a_killed_driver(tmp_path
         text=True,
     )
     assert status.returncode == 0 and "best: trial" in status.stdout
+
+
+def test_warm_start_evaluates_the_best_of_an_earlier_study_first(tmp_path):
+    from candle.search.driver import run_search
+
+    first = _search_file(tmp_path, budget={"trials": 3}, scheduler=None)
+    data = __import__("yaml").safe_load(first.read_text())
+    data["params"]["epochs"] = 1
+    first.write_text(__import__("yaml").safe_dump(data))
+    run_search(first, progress=False)
+    with Store(tmp_path / "search" / "study.db", readonly=True) as store:
+        best = min(store.trials(status="done"), key=lambda t: t.objective)
+    data.update(
+        directory=str(tmp_path / "second"),
+        budget={"trials": 2},
+        warm_start={"studies": [str(tmp_path / "search")], "top": 1},
+        enqueue=[{"learning_rate": 0.002, "hidden": 8, "dropout": 0.1, "optimizer": "adam"}],
+    )
+    second = tmp_path / "second.yaml"
+    second.write_text(__import__("yaml").safe_dump(data))
+    run_search(second, progress=False)
+    with Store(tmp_path / "second" / "study.db", readonly=True) as store:
+        trials = {t.key: t for t in store.trials()}
+    assert sorted(trials) == ["q0", "q1"]  # the budget went to the points given first
+    assert trials["q0"].params["hidden"] == 8  # enqueue first, then the earlier best
+    assert trials["q1"].params == pytest.approx(best.params)
+    with pytest.raises(ConfigError, match="no study store"):
+        data["warm_start"] = {"studies": [str(tmp_path / "nowhere")]}
+        data["directory"] = str(tmp_path / "third")
+        (tmp_path / "third.yaml").write_text(__import__("yaml").safe_dump(data))
+        run_search(tmp_path / "third.yaml", progress=False)
