@@ -513,3 +513,25 @@ def test_ctrl_c_on_the_driver_stops_its_trials_and_resume_continues(tmp_path):
     resumed = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, timeout=120)
     assert resumed.returncode == 0, resumed.stderr
     assert _counts(db)["done"] == 2
+
+
+def test_command_line_executor_overrides():
+    import argparse
+
+    from candle.workflow.executors import add_executor_arguments, executor_from_arguments
+
+    ap = argparse.ArgumentParser()
+    add_executor_arguments(ap)
+    base = {"kind": "local", "slots": 2}
+
+    def over(*argv):
+        return executor_from_arguments(ap.parse_args(list(argv)), base)
+
+    assert over() == base
+    assert over("--slots", "4") == {"kind": "local", "slots": 4}
+    assert over("--site", "pbs") == {"kind": "parsl", "site": "pbs"}
+    assert over("--site", "my_cluster.py") == {"kind": "parsl", "config": "my_cluster.py"}
+    assert over("--executor", "parsl", "--parsl-config", "c.py") == {
+        "kind": "parsl",
+        "config": "c.py",
+    }

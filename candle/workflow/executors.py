@@ -215,7 +215,7 @@ def add_executor_arguments(ap: Any) -> None:
     """The command-line options that override a study's ``executor:`` section."""
     ap.add_argument("--slots", type=int, help="trials at once (overrides executor.slots)")
     ap.add_argument("--executor", choices=EXECUTORS, help="overrides executor.kind")
-    ap.add_argument("--site", help="Parsl site profile: local, slurm or pbs")
+    ap.add_argument("--site", help="Parsl site profile (local, slurm, pbs) or a Parsl config .py")
     ap.add_argument("--parsl-config", help="a Python file defining a Parsl `config`")
 
 
@@ -224,10 +224,13 @@ def executor_from_arguments(args: Any, executor: dict[str, Any]) -> dict[str, An
     executor = dict(executor)
     if args.executor and args.executor != executor.get("kind", "local"):
         executor = {"kind": args.executor}
-    if args.site or args.parsl_config:
-        executor = {"kind": "parsl", **({"site": args.site} if args.site else {})}
-        if args.parsl_config:
-            executor["config"] = args.parsl_config
+    site, config = args.site, args.parsl_config
+    if site and site.endswith(".py"):  # --site my_cluster.py: a Parsl config file
+        site, config = None, config or site
+    if site or config:
+        executor = {"kind": "parsl", **({"site": site} if site else {})}
+        if config:
+            executor["config"] = config
     if args.slots is not None:
         executor["slots"] = args.slots
     return executor
