@@ -219,7 +219,8 @@ def bench_utilization(root: Path, n: int, parsl: bool) -> list[str]:
     results = []
     runs = [("local", {"kind": "local", "slots": 2})]
     if parsl:
-        runs.append(("parsl", {"kind": "parsl", "site": "local", "slots": 2}))
+        parsl = {"kind": "parsl", "site": "local", "slots": 2, "run_dir": str(root / "parsl-runs")}
+        runs.append(("parsl", parsl))
     for name, executor in runs:
         cfg = load_study_config(study_config(root, f"util-{name}", n, executor))
         w0 = time.perf_counter()
