@@ -141,3 +141,48 @@ def cpu_line(name: str) -> str:
         f"{name}: python {sys.version.split()[0]}, torch {torch.__version__}, "
         f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}"
     )
+
+
+def comparison_results(
+    bench: str, figure: str, stats: dict[str, dict], *, strict: bool, **extra: Any
+) -> list[str]:
+    """RESULT lines: ours (botorch) against the best of the others' medians (PASS/FAIL; ``<``
+    when ``strict``, else ``<=``), then each other method's median as INFO."""
+    from _common import format_result
+
+    seeds = extra.pop("seeds")
+    ours = stats["botorch"]
+    others = {m: s["median"] for m, s in stats.items() if m != "botorch"}
+    bar = min(others.values())
+    passed = ours["median"] < bar if strict else ours["median"] <= bar
+    results = [
+        format_result(
+            bench,
+            f"botorch_{figure}_median",
+            ours["median"],
+            target=f"{'<' if strict else '<='}{bar:.6g}",
+            status="PASS" if passed else "FAIL",
+            q1=ours["q1"],
+            q3=ours["q3"],
+            **{f"{m}_median": v for m, v in others.items()},
+            seeds=seeds,
+            **extra,
+            wall_s_per_run=round(ours["wall_s"], 1),
+        )
+    ]
+    for m, s in stats.items():
+        if m != "botorch":
+            results.append(
+                format_result(
+                    bench,
+                    f"{m}_{figure}_median",
+                    s["median"],
+                    target=None,
+                    status="INFO",
+                    q1=s["q1"],
+                    q3=s["q3"],
+                    seeds=seeds,
+                    wall_s_per_run=round(s["wall_s"], 2),
+                )
+            )
+    return results

@@ -25,8 +25,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import format_result
-from _search import METHODS, cpu_line, run_all, run_study, summarize
+from _search import METHODS, comparison_results, cpu_line, run_all, run_study, summarize
 
 NAME = "search_hartmann"
 F_OPT = -3.32237
@@ -83,40 +82,15 @@ def main() -> int:
     stats = summarize(rows, lambda r: r["best"] - F_OPT, "regret")
     print(f"{NAME}: {time.perf_counter() - start:.0f} s", flush=True)
 
-    ours = stats["botorch"]
-    others = {m: s["median"] for m, s in stats.items() if m != "botorch"}
-    bar = min(others.values())
-    results = [
-        format_result(
-            NAME,
-            "botorch_regret_median",
-            ours["median"],
-            target=f"<{bar:.6g}",
-            status="PASS" if ours["median"] < bar else "FAIL",
-            q1=ours["q1"],
-            q3=ours["q3"],
-            **{f"{m}_median": v for m, v in others.items()},
-            seeds=seeds,
-            evaluations=evaluations,
-            batch=BATCH,
-            wall_s_per_run=round(ours["wall_s"], 1),
-        )
-    ]
-    for m, s in stats.items():
-        if m != "botorch":
-            results.append(
-                format_result(
-                    NAME,
-                    f"{m}_regret_median",
-                    s["median"],
-                    target=None,
-                    status="INFO",
-                    q1=s["q1"],
-                    q3=s["q3"],
-                    seeds=seeds,
-                    wall_s_per_run=round(s["wall_s"], 2),
-                )
-            )
+    results = comparison_results(
+        NAME,
+        "regret",
+        stats,
+        strict=True,
+        seeds=seeds,
+        evaluations=evaluations,
+        batch=BATCH,
+    )
     for line in results:
         print(line, flush=True)
     return 1 if any(" FAIL" in r for r in results) else 0

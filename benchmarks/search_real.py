@@ -26,8 +26,7 @@ from functools import cache
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import format_result
-from _search import METHODS, cpu_line, run_all, run_study, summarize
+from _search import METHODS, comparison_results, cpu_line, run_all, run_study, summarize
 
 NAME = "search_real"
 TRIALS, BATCH, EPOCHS, INITS = 40, 4, 15, 3
@@ -128,40 +127,15 @@ def main() -> int:
     stats = summarize(rows, lambda r: r["best"], "best val loss")
     print(f"{NAME}: {time.perf_counter() - start:.0f} s", flush=True)
 
-    ours = stats["botorch"]
-    others = {m: s["median"] for m, s in stats.items() if m != "botorch"}
-    bar = min(others.values())
-    results = [
-        format_result(
-            NAME,
-            "botorch_best_val_loss_median",
-            ours["median"],
-            target=f"<={bar:.6g}",
-            status="PASS" if ours["median"] <= bar else "FAIL",
-            q1=ours["q1"],
-            q3=ours["q3"],
-            **{f"{m}_median": v for m, v in others.items()},
-            seeds=seeds,
-            trials=TRIALS,
-            batch=BATCH,
-            wall_s_per_run=round(ours["wall_s"], 1),
-        )
-    ]
-    for m, s in stats.items():
-        if m != "botorch":
-            results.append(
-                format_result(
-                    NAME,
-                    f"{m}_best_val_loss_median",
-                    s["median"],
-                    target=None,
-                    status="INFO",
-                    q1=s["q1"],
-                    q3=s["q3"],
-                    seeds=seeds,
-                    wall_s_per_run=round(s["wall_s"], 2),
-                )
-            )
+    results = comparison_results(
+        NAME,
+        "best_val_loss",
+        stats,
+        strict=False,
+        seeds=seeds,
+        trials=TRIALS,
+        batch=BATCH,
+    )
     for line in results:
         print(line, flush=True)
     return 1 if any(" FAIL" in r for r in results) else 0
