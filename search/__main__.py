@@ -5,7 +5,8 @@
     python -m candle.search status DIR      trials by status, best so far
     python -m candle.search report DIR      tables, plots, best config, HTML, TensorBoard HParams
 
-Exit status: 0 done (at least one trial finished), 1 no trial finished, 2 bad configuration.
+Exit status: 0 done (some trial finished or was pruned), 1 every trial failed, 2 bad
+configuration.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ def _run(argv: list[str]) -> int:
             f"params {summary.best.params}"
         )
     print(f"report: python -m candle.search report {summary.directory}")
-    return 0 if summary.counts.get("done", 0) else 1
+    # ASHA may end a small study with every trial pruned: that is a result, not a failure
+    return 0 if summary.counts.get("done", 0) + summary.counts.get("pruned", 0) else 1
 
 
 def _status(argv: list[str]) -> int:

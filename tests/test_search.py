@@ -293,13 +293,14 @@ def _trial_pids(trial_dir: Path) -> list[int]:
 
 @pytest.mark.slow
 def test_search_end_to_end_with_asha_a_killed_trial_and_a_killed_driver(tmp_path):
-    """A real search (quickstart model, breast cancer data, random sampler, ASHA, 2 slots):
+    """A real search (quickstart model, breast cancer data, BoTorch sampler, ASHA, 2 slots):
     one trial's process is SIGKILLed (retried from its checkpoint), the driver is SIGKILLed and
     resumed; the store ends with every trial exactly once, ASHA pruned some, and the report and
     status work."""
     path = _search_file(
         tmp_path,
-        budget={"trials": 8},
+        budget={"trials": 9},  # ASHA (eta 3): 9 at epoch 1 -> 3 at epoch 3 -> 1 at epoch 9
+        sampler={"type": "botorch", "seed": 0, "n_initial": 3},  # the model from the 4th trial
         scheduler={"type": "asha", "min_epochs": 1, "reduction": 3},
     )
     data = __import__("yaml").safe_load(path.read_text())
@@ -333,7 +334,7 @@ def test_search_end_to_end_with_asha_a_killed_trial_and_a_killed_driver(tmp_path
     resumed = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     final, trials = counts()
-    assert len(trials) == 8 and sorted(t.key for t in trials) == [f"s{i}" for i in range(8)]
+    assert len(trials) == 9 and sorted(t.key for t in trials) == [f"s{i}" for i in range(9)]
     assert final["done"] >= 1 and final["pruned"] >= 1 and final["failed"] == 0, final
     with Store(db, readonly=True) as store:
         statuses = [a["status"] for a in store.attempts(1)]
