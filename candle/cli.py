@@ -18,8 +18,9 @@ from pathlib import Path
 
 from candle.errors import CandleError, ConfigError
 
-__all__ = ["EXIT_INTERRUPTED", "import_trainer", "main"]
+__all__ = ["EXIT_CONFIG", "EXIT_INTERRUPTED", "import_trainer", "main"]
 
+EXIT_CONFIG = 2
 EXIT_INTERRUPTED = 75
 
 USAGE = """\
@@ -186,7 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     except ConfigError as e:
         print(f"candle: configuration error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
     except CandleError as e:
         print(f"candle: {type(e).__name__}: {e}", file=sys.stderr)
         return 1

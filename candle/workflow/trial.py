@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from candle.cli import EXIT_CONFIG, EXIT_INTERRUPTED  # exit statuses of `candle train`
 from candle.errors import ConfigError
 
 __all__ = [
@@ -49,8 +50,6 @@ LAUNCHERS = ("none", "horovodrun", "torchrun", "mpiexec", "srun")
 # done: finished; paused: a segment ended (continue it); the rest are faults
 OUTCOMES = ("done", "paused", "failed", "nan", "timeout", "killed", "lost", "config")
 LOG_TAIL_LINES = 40
-EXIT_CONFIG = 2  # python -m candle train: bad configuration
-EXIT_INTERRUPTED = 75  # python -m candle train: the Trainer's own time limit
 _LOCK = ".trial.lock"
 _SUPERVISOR = str(Path(__file__).with_name("_supervisor.py"))
 
