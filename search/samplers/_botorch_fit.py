@@ -215,6 +215,7 @@ class Fitter:
                 if crashes:
                     with self._cv:  # back off before a new worker; close() cuts this short
                         self._cv.wait(self.backoff_s * 2.0**crashes)
+                        self._wanted = True  # the data is still unfitted: try again
         finally:
             self._stop_worker(kill=False)
 
