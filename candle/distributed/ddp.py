@@ -41,7 +41,6 @@ What each rank does:
 from __future__ import annotations
 
 import contextlib
-import datetime
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -302,12 +301,6 @@ class DDPStrategy:
         """Destroy the process group if ``setup`` created it (one someone else made is left to
         them); a later ``setup`` joins a fresh one."""
         if self._owns_group and dist.is_initialized():
-            if dist.get_backend() == "gloo" and dist.get_world_size() > 1:
-                # every rank out of its last collective before any closes its connections:
-                # gloo aborts a peer whose connection closes under it ("terminate called
-                # without an active exception"); bounded, in case a rank died
-                with contextlib.suppress(Exception):
-                    dist.monitored_barrier(timeout=datetime.timedelta(seconds=30))
             dist.destroy_process_group()
         self._owns_group = False
 
