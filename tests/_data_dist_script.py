@@ -61,3 +61,4 @@ record = {
 }
 (out / f"rank{s.rank}.json").write_text(json.dumps(record))
 print(f"rank {s.rank}/{s.world_size} {type(s).__name__} done {result.status}", flush=True)
+trainer.strategy.shutdown()  # destroy the process group before exit, as `candle train` does

@@ -47,3 +47,4 @@ print(
     f"val_loss {result.last_metrics['val_loss']!r}",
     flush=True,
 )
+trainer.strategy.shutdown()  # destroy the process group before exit, as `candle train` does

@@ -46,3 +46,4 @@ print(
     f"val_loss {result.last_metrics.get('val_loss')}",
     flush=True,
 )
+trainer.strategy.shutdown()  # destroy the process group before exit, as `candle train` does

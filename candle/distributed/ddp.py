@@ -40,6 +40,7 @@ What each rank does:
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
@@ -137,6 +138,10 @@ class DDPStrategy:
             )
             DDPStrategy._groups_created += 1
             self._owns_group = True
+            # A gloo group still alive when the interpreter finalizes can abort the process
+            # ("terminate called without an active exception") after training succeeded;
+            # destroy it at exit if the script never called shutdown(). Idempotent.
+            atexit.register(self.shutdown)
         self.rank = dist.get_rank()
         self.world_size = dist.get_world_size()
         if dist.get_backend() == "nccl" and self._device is None:
