@@ -305,3 +305,13 @@ def test_the_example_uq_study_runs_as_written_at_a_smaller_size(tmp_path):
     report = analyze(summary.directory, plots=False)
     assert report["n_test"] == 44 and report["n_members"] == 2
     assert 30 < report["ensemble"]["rmse"] < 120  # disease progression units (sd ~77)
+
+
+def test_cli_bad_config_exits_2_naming_the_key(tmp_path):
+    path = tmp_path / "uq.yaml"
+    path.write_text(yaml.safe_dump(_config(tmp_path, ensemble={"kind": "seeds", "members": -1})))
+    r = _cli(path, cwd=tmp_path)
+    assert r.returncode == 2
+    assert "ensemble.members must be an integer >= 1, got -1" in r.stderr
+    r = _cli("report", tmp_path / "missing", cwd=tmp_path)
+    assert r.returncode == 2 and "no UQ study store" in r.stderr

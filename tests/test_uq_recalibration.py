@@ -201,3 +201,19 @@ def test_temperature_scaling_of_an_ensemble_applies_to_each_member():
     expected = torch.softmax(logits / scaler.temperature, -1).mean(0)
     torch.testing.assert_close(scaled.probs, expected)
     assert scaler.temperature > 3  # random labels: the fit flattens the logits
+
+
+def test_temperature_on_error_free_validation_data_keeps_t_1(caplog):
+    """No validation error: the NLL falls as T -> 0, so no temperature is identified."""
+    labels = torch.arange(40) % 2
+    logits = torch.zeros(1, 40, 2)
+    logits[0, torch.arange(40), labels] = 3.0  # every prediction right, with margin 3
+    post = ClassificationPosterior.from_logits(logits)
+    with caplog.at_level("WARNING", logger="candle.uq"):
+        ts = TemperatureScaling().fit(post, labels)
+    assert ts.degenerate and ts.temperature == 1.0
+    assert "keeping T=1" in caplog.text
+    # one error in the data: an interior optimum, fitted as usual
+    labels[0] = 1 - labels[0]
+    ts = TemperatureScaling().fit(post, labels)
+    assert not ts.degenerate and ts.temperature != 1.0

@@ -208,6 +208,7 @@ def recalibrate(
             cal = ts.apply(test.posterior)
             out[method] = {
                 "temperature": float(ts.temperature),
+                "temperature_degenerate": ts.degenerate,
                 **M.classification_report(cal, test.target),
             }
             fitted[method] = cal

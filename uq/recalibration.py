@@ -17,6 +17,7 @@ Shapes as in :mod:`candle.uq.posterior`: `n x o` targets, `n` labels.
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
@@ -43,6 +44,8 @@ __all__ = [
     "TemperatureScaling",
     "VarianceScaling",
 ]
+
+log = logging.getLogger("candle.uq")
 
 _LOG_RANGE = 12.0  # variance factors are searched within e^-12 .. e^12 of a first guess
 _TEMPERATURE_RANGE = (0.01, 100.0)
@@ -394,12 +397,19 @@ class TemperatureScaling:
     (:meth:`ClassificationPosterior.from_logits`); ``T`` applies to the raw logits and
     replaces any temperature the posterior already has.
 
+    When the NLL keeps falling to an end of the range (typically a validation split that the
+    model classifies without a single error, where ``T -> 0`` drives the NLL to 0), the data
+    cannot identify a temperature: ``fit`` then keeps ``T = 1``, sets ``degenerate`` and logs a
+    warning, rather than return a model made arbitrarily overconfident.
+
     Attributes:
         temperature: the fitted ``T`` (float); ``None`` before ``fit``.
+        degenerate: True when the optimum was at an end of the range and ``T = 1`` was kept.
     """
 
     def __init__(self) -> None:
         self.temperature: float | None = None
+        self.degenerate = False
 
     def fit(self, posterior: ClassificationPosterior, labels: Any) -> TemperatureScaling:
         """Fit ``T`` on validation predictions and labels `n`; returns ``self``."""
@@ -415,7 +425,18 @@ class TemperatureScaling:
             return float(-torch.logsumexp(log_w + member[..., 0], dim=0).mean())
 
         low, high = (math.log(v) for v in _TEMPERATURE_RANGE)
-        self.temperature = _bounded_log_minimum(nll, low, high)
+        best = _bounded_log_minimum(nll, low, high)
+        # no better than an end of the range: the NLL is monotone, T is not identified
+        at_best = nll(math.log(best))
+        self.degenerate = min(nll(low), nll(high)) <= at_best + 1e-12
+        if self.degenerate:
+            log.warning(
+                "temperature scaling: the validation NLL keeps falling towards T=%.3g (e.g. no "
+                "validation errors); keeping T=1",
+                best,
+            )
+            best = 1.0
+        self.temperature = best
         return self
 
     @staticmethod
