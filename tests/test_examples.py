@@ -1,0 +1,61 @@
+"""Every example runs as written (at a smaller size where it would take minutes)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from candle.testing.processes import find_launcher
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+
+
+def test_quickstart_from_python(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(EXAMPLES))
+    from quickstart import BreastCancer
+
+    result = BreastCancer(epochs=3, output_dir=str(tmp_path), progress_bar=False).fit()
+    assert result.status == "completed"
+    assert result.last_metrics["val_accuracy"] > 0.85
+
+
+def test_quickstart_trainer_is_about_30_lines():
+    """The tour promises a 30-line Trainer: params dataclass and class, blank lines aside."""
+    text = (EXAMPLES / "quickstart.py").read_text()
+    body = text[text.index("@dataclass") :].splitlines()
+    assert len([line for line in body if line.strip()]) <= 35
+
+
+try:
+    import horovod.torch  # noqa: F401
+
+    _HOROVOD = ""
+except ImportError as e:
+    _HOROVOD = f"horovod is not importable ({e})"
+
+
+@pytest.mark.distributed
+@pytest.mark.skipif(
+    bool(_HOROVOD) or find_launcher("horovodrun") is None,
+    reason=_HOROVOD or "horovodrun is not on PATH",
+)
+def test_horovod_example_runs_the_quickstart_on_two_ranks(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CANDLE_", "HOROVOD_"))}
+    env.update(PY=sys.executable, HOROVODRUN=find_launcher("horovodrun"))
+    r = subprocess.run(
+        ["bash", str(EXAMPLES / "horovod.sh"), "epochs=2", f"output_dir={tmp_path}"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        start_new_session=True,
+    )
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    (result_file,) = (tmp_path / "quickstart-horovod").glob("*/result.json")
+    result = json.loads(result_file.read_text())
+    assert result["status"] == "completed"
+    assert "HorovodStrategy" in (result_file.parent / "train.log").read_text()
