@@ -59,3 +59,20 @@ def test_horovod_example_runs_the_quickstart_on_two_ranks(tmp_path):
     result = json.loads(result_file.read_text())
     assert result["status"] == "completed"
     assert "HorovodStrategy" in (result_file.parent / "train.log").read_text()
+
+
+@pytest.mark.parametrize("name", ["search_slurm.yaml", "search_pbs.yaml"])
+def test_cluster_search_examples_load_and_build_their_parsl_config(name, tmp_path):
+    """The site examples are valid search files whose executor builds a Parsl config (nothing is
+    submitted: there is no scheduler here)."""
+    pytest.importorskip("parsl")
+    from candle.search.driver import load_search_config
+    from candle.workflow.parsl_executor import ParslExecutor
+
+    sc = load_search_config(EXAMPLES / name)
+    section = {k: v for k, v in sc.study.executor.items() if k != "kind"}
+    ex = ParslExecutor.from_config({**section, "run_dir": str(tmp_path)})
+    assert ex.slots == 8
+    (htex,) = ex._config.executors
+    assert htex.provider.walltime in ("04:00:00", "01:00:00")
+    assert sc.study.resources.gpus_per_rank == 1
