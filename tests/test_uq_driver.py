@@ -315,3 +315,22 @@ def test_cli_bad_config_exits_2_naming_the_key(tmp_path):
     assert "ensemble.members must be an integer >= 1, got -1" in r.stderr
     r = _cli("report", tmp_path / "missing", cwd=tmp_path)
     assert r.returncode == 2 and "no UQ study store" in r.stderr
+
+
+def test_quantile_head_study(tmp_path):
+    cfg = _config(
+        tmp_path,
+        params={"epochs": 10, "head": "quantile", "quantile_levels": [0.05, 0.5, 0.95]},
+        ensemble={"kind": "seeds", "members": 2},
+        levels=[0.5, 0.9],
+        interval=0.9,
+    )
+    assert run_uq(cfg, progress=False).counts["done"] == 2
+    report = analyze(tmp_path / "study")
+    assert report["head"] == "quantile" and report["recalibrated"] == {}
+    assert "coverage_90" in report["ensemble"] and "coverage_50" not in report["ensemble"]
+    assert 3 < report["ensemble"]["rmse"] < 40  # the median, in original units
+    frame = pd.read_csv(tmp_path / "study" / "predictions.csv")
+    assert {"median", "q_5", "q_50", "q_95"} <= set(frame.columns)
+    assert (frame["q_5"] <= frame["q_95"]).all()
+    assert (tmp_path / "study" / "coverage.png").exists()

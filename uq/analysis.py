@@ -44,7 +44,15 @@ from candle.uq.recalibration import (
 )
 from candle.workflow.store import Store, TrialRecord
 
-__all__ = ["Ensemble", "analyze", "combine", "greedy_selection", "recalibrate", "split_metrics"]
+__all__ = [
+    "Ensemble",
+    "analyze",
+    "central_levels",
+    "combine",
+    "greedy_selection",
+    "recalibrate",
+    "split_metrics",
+]
 
 
 class Ensemble:
@@ -143,17 +151,26 @@ def split_metrics(ens: Ensemble, levels: list[float]) -> dict[str, float]:
     return _quantile_metrics(ens.posterior, ens.target, levels)
 
 
+def central_levels(pred: QuantilePrediction) -> list[float]:
+    """The central interval levels a quantile head can give: 1 - 2q for each predicted level
+    q < 0.5 whose partner 1 - q was predicted too."""
+    qs = [float(q) for q in pred.levels]
+    return sorted(
+        round(1 - 2 * q, 12) for q in qs if q < 0.5 and any(abs(1 - q - r) < 1e-9 for r in qs)
+    )
+
+
 def _quantile_metrics(pred: QuantilePrediction, y: torch.Tensor, levels: list[float]) -> dict:
-    median = pred.median
-    out = {
-        "rmse": float(((median - y) ** 2).mean().sqrt()),
-        "mae": float((median - y).abs().mean()),
-    }
+    out: dict[str, float] = {}
+    if any(abs(float(q) - 0.5) < 1e-9 for q in pred.levels):
+        median = pred.median
+        out["rmse"] = float(((median - y) ** 2).mean().sqrt())
+        out["mae"] = float((median - y).abs().mean())
+    available = central_levels(pred)
     for level in levels:
-        try:
-            lo, hi = pred.interval(level)
-        except ConfigError:
+        if not any(abs(level - a) < 1e-9 for a in available):
             continue  # the members did not predict this level's quantiles
+        lo, hi = pred.interval(level)
         out[f"coverage_{_pct(level)}"] = M.interval_coverage(lo, hi, y)
         out[f"width_{_pct(level)}"] = M.interval_width(lo, hi)
     return out
@@ -370,7 +387,11 @@ def _prediction_frame(test: Ensemble, interval: float, fitted: dict[str, Any]) -
     put("target", y)
     pct = _pct(interval)
     if test.head == "quantile":
-        put("median", post.median)
+        if any(abs(float(q) - 0.5) < 1e-9 for q in post.levels):
+            put("median", post.median)
+        for q in post.levels.tolist():
+            put(f"q_{_pct(q)}", post.quantile(q))
+        return pd.DataFrame(cols)
     else:
         put("mean", post.mean)
         put("std", post.stddev)

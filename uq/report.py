@@ -35,12 +35,18 @@ def write_plots(
     paths = []
     if test.head == "classification":
         paths.append(_reliability(out / "reliability.png", test, fitted.get("temperature")))
+    elif test.head == "quantile":  # only the intervals its levels give
+        from candle.uq.analysis import central_levels
+
+        available = central_levels(test.posterior)
+        if available:
+            predictives = {"quantile members": test.posterior}
+            paths.append(_coverage(out / "coverage.png", predictives, test.target, available))
     else:
         predictives = {"ensemble": test.posterior, **fitted}
         paths.append(_calibration(out / "calibration.png", predictives, test.target))
         paths.append(_coverage(out / "coverage.png", predictives, test.target, levels))
-        if test.head == "gaussian":
-            paths.append(_sigma_vs_error(out / "sigma_vs_error.png", test))
+        paths.append(_sigma_vs_error(out / "sigma_vs_error.png", test))
     if sensitivity:
         paths.append(_sensitivity(out / "sensitivity.png", sensitivity, test.head))
     return paths
