@@ -48,6 +48,10 @@ def import_trainer(spec: str) -> type:
     """Import ``module:Class`` or ``path/to/file.py:Class`` and check it is a Trainer subclass."""
     from candle.trainer import Trainer
 
+    if ":" not in spec:  # a registered model name such as nt3
+        from candle.models import trainer_path
+
+        spec = trainer_path(spec)
     module_name, sep, class_name = spec.rpartition(":")
     if not sep or not module_name or not class_name:
         raise ConfigError(

@@ -153,14 +153,16 @@ class SearchSource:
         self.space = cfg.space
         self.max_epochs = max_epochs
         options = dict(cfg.sampler_options)
-        prior = self._warm_start_prior() if cfg.warm_prior and cfg.warm_studies else []
+        # the earlier studies' results: prior observations for the GP and/or the top-k to rerun
+        earlier = self._warm_start_prior() if cfg.warm_studies else []
+        prior = earlier if cfg.warm_prior else []
         if prior and cfg.sampler_type == "botorch":
             options["prior"] = prior
         self.sampler = make_sampler(cfg.sampler_type, cfg.space, seed=cfg.seed, **options)
         self.scheduler = make_scheduler(cfg.scheduler_spec, max_epochs)
         self.first = [self.space.canonical({**self.space.fixed, **c}) for c in cfg.enqueue]
         if cfg.warm_top and cfg.warm_studies:
-            self.first += [c for c, _ in sorted(prior, key=lambda o: o[1])[: cfg.warm_top]]
+            self.first += [c for c, _ in sorted(earlier, key=lambda o: o[1])[: cfg.warm_top]]
         self._first_used = 0
         self._issued = 0  # new trials so far (enqueued and sampled)
         self._running: dict[str, dict[str, Any]] = {}  # key -> config: the pending points

@@ -138,7 +138,7 @@ def test_time_limit_exit_code(tmp_path):
         (["train", "--trainer", "nosuchmodule:X"], ["cannot import", "nosuchmodule"]),
         (["train", "--trainer", "candle.testing:Nope"], ["no class 'Nope'", "TinyTrainer"]),
         (["train", "--trainer", "candle.testing:TinyParams"], ["not a subclass of candle.Trainer"]),
-        (["train", "--trainer", "candle.testing"], ["must look like"]),
+        (["train", "--trainer", "candle.testing"], ["nor a registered model name"]),
         (["train", "--trainer", "nofile.py:X"], ["nofile.py", "does not exist"]),
         (["train"], ["needs --trainer"]),
         (["fly"], ["unknown command 'fly'"]),

@@ -125,6 +125,11 @@ def test_split_delegates_to_the_splits_module(tmp_path, table_csv, capsys):
     printed = capsys.readouterr().out
     assert "grouped split of" in printed and "train" in printed
     assert list((out / "splits").glob("*train*"))
+    # a different split under the same name and index is refused, unless asked for
+    assert main(["split", str(out), "--kind", "grouped", "--seed", "2"]) != 0
+    assert "--overwrite" in capsys.readouterr().err
+    assert main(["split", str(out), "--kind", "grouped", "--seed", "2", "--index", "1"]) == 0
+    assert main(["split", str(out), "--kind", "grouped", "--seed", "2", "--overwrite"]) == 0
 
 
 def test_module_entry_point(tmp_path, table_csv):

@@ -376,6 +376,14 @@ def test_warm_start_evaluates_the_best_of_an_earlier_study_first(tmp_path):
     assert sorted(trials) == ["q0", "q1"]  # the budget went to the points given first
     assert trials["q0"].params["hidden"] == 8  # enqueue first, then the earlier best
     assert trials["q1"].params == pytest.approx(best.params)
+    # top without the prior: still the earlier best first (the GP gets no prior points)
+    from candle.search.driver import SearchSource, load_search_config
+
+    data["warm_start"] = {"studies": [str(tmp_path / "search")], "top": 1, "prior": False}
+    data["enqueue"] = []
+    source = SearchSource(load_search_config(dict(data)), max_epochs=1)
+    assert len(source.first) == 1 and source.first[0] == pytest.approx(best.params)
+    source.sampler.close()
     with pytest.raises(ConfigError, match="no study store"):
         data["warm_start"] = {"studies": [str(tmp_path / "nowhere")]}
         data["directory"] = str(tmp_path / "third")

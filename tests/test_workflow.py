@@ -535,3 +535,13 @@ def test_command_line_executor_overrides():
         "kind": "parsl",
         "config": "c.py",
     }
+    # a parsl section keeps its slots and run_dir; its options only for the same site
+    base = {"kind": "parsl", "site": "slurm", "slots": 8, "run_dir": "r", "options": {"qos": "x"}}
+    assert over("--site", "slurm") == base
+    assert over("--site", "pbs") == {"kind": "parsl", "site": "pbs", "slots": 8, "run_dir": "r"}
+    assert over("--site", "c.py", "--slots", "3") == {
+        "kind": "parsl",
+        "slots": 3,
+        "run_dir": "r",
+        "config": "c.py",
+    }

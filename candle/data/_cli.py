@@ -103,6 +103,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--group-column", metavar="COL", help="grouped: the dataset's group column")
     p.add_argument("--name", help="split name (default: from the dataset)")
+    p.add_argument("--index", type=int, default=0, help="split number (files <name>_split_<N>)")
+    p.add_argument("--overwrite", action="store_true", help="replace a different saved split")
     p.set_defaults(func=_split)
     return parser
 
@@ -296,6 +298,8 @@ def _split(args: argparse.Namespace) -> int:
         fractions=tuple(args.fractions),
         group_column=args.group_column,
         name=args.name,
+        index=args.index,
+        overwrite=args.overwrite,
     )
     sizes = ", ".join(f"{k} {len(v):,}" for k, v in parts.items())
     print(f"{args.kind} split of {args.dir} (seed {args.seed}): {sizes}")

@@ -438,8 +438,8 @@ def make_split(
     if changed and not overwrite:
         raise DataError(
             f"{paths[changed[0]]} already holds a different split; runs that use "
-            f"{name}_split_{index} would silently change. Pass overwrite=True to replace it, "
-            "or choose another index"
+            f"{name}_split_{index} would silently change. Pass overwrite=True (candle data split "
+            "--overwrite) to replace it, or choose another index (--index)"
         )
     paths["train"].parent.mkdir(parents=True, exist_ok=True)
     for p, (text, _) in texts.items():

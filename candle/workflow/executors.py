@@ -228,7 +228,15 @@ def executor_from_arguments(args: Any, executor: dict[str, Any]) -> dict[str, An
     if site and site.endswith(".py"):  # --site my_cluster.py: a Parsl config file
         site, config = None, config or site
     if site or config:
-        executor = {"kind": "parsl", **({"site": site} if site else {})}
+        # keep the file's Parsl settings (slots, run_dir, and the options when the site is the
+        # same); the command line only picks the site or the config file
+        kept = executor if executor.get("kind") == "parsl" else {}
+        same_site = site is not None and kept.get("site") == site
+        executor = {"kind": "parsl", **{k: kept[k] for k in ("slots", "run_dir") if k in kept}}
+        if site:
+            executor["site"] = site
+            if same_site and "options" in kept:
+                executor["options"] = kept["options"]
         if config:
             executor["config"] = config
     if args.slots is not None:
