@@ -1,7 +1,16 @@
 """candle.models: reference applications, and the registry that lets workflows name them.
 
-A study can say ``trainer: nt3`` instead of ``trainer: candle.models.nt3:NT3``. The models
-themselves are added by their own issue; :func:`register` also takes a user's own Trainers.
+A study can say ``trainer: nt3`` instead of ``trainer: candle.models.nt3:NT3``;
+:func:`register` also takes a user's own Trainers. The reference models, after the CANDLE
+benchmarks (each module's docstring gives its architecture, parameters and data formats):
+
+- ``nt3`` (:mod:`candle.models.nt3`): 1D CNN, normal vs tumor from gene expression.
+- ``tc1`` (:mod:`candle.models.tc1`): 1D CNN, tumor type; also on NCI60 from the ISLP package.
+- ``p1b1`` (:mod:`candle.models.p1b1`): autoencoder (plain or variational) of gene expression.
+- ``uno`` (:mod:`candle.models.uno`): drug response from cell, drug and dose features.
+- ``combo`` (:mod:`candle.models.combo`): drug-pair response with a shared drug tower.
+
+Modules are imported only when a model is used: the registry holds ``module:Class`` strings.
 """
 
 from __future__ import annotations
@@ -10,7 +19,13 @@ from candle.errors import ConfigError
 
 __all__ = ["REGISTRY", "register", "trainer_path"]
 
-REGISTRY: dict[str, str] = {}
+REGISTRY: dict[str, str] = {
+    "nt3": "candle.models.nt3:NT3",
+    "tc1": "candle.models.tc1:TC1",
+    "p1b1": "candle.models.p1b1:P1B1",
+    "uno": "candle.models.uno:Uno",
+    "combo": "candle.models.combo:Combo",
+}
 
 
 def register(name: str, target: str) -> None:

@@ -26,6 +26,9 @@ pip=("$venv/bin/python" -m pip install --quiet --disable-pip-version-check)
 # torch is pinned to the CPU build that installs from local disk; an unpinned torch would pull
 # a multi-GB CUDA build. Install it first so nothing later resolves a different one.
 "${pip[@]}" "torch==2.13.0"
+# ISLP ships NCI60 (64 cell lines x 6,830 genes, 14 cancer types) as package data; its own
+# dependencies (statsmodels, pygam, lifelines, ...) are not needed to read it: --no-deps.
+"${pip[@]}" --no-deps "ISLP==0.6.0"
 if [ "$what" = "test" ]; then
   "${pip[@]}" -e ".[dev,parsl]"
   # Horovod 0.28.1 needs a from-source build against torch 2.13 (see the script).

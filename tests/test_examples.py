@@ -76,3 +76,35 @@ def test_cluster_search_examples_load_and_build_their_parsl_config(name, tmp_pat
     (htex,) = ex._config.executors
     assert htex.provider.walltime in ("04:00:00", "01:00:00")
     assert sc.study.resources.gpus_per_rank == 1
+
+
+def test_nt3_search_example_runs_at_a_smaller_size(tmp_path):
+    """examples/search_nt3.yaml as written, with 2 trials of 1 epoch on narrower data."""
+    import yaml
+
+    from candle.search.driver import run_search
+
+    cfg = yaml.safe_load((EXAMPLES / "search_nt3.yaml").read_text())
+    cfg["directory"] = str(tmp_path / "nt3-search")
+    cfg["params"].update(feature_subsample=300, synthetic_samples=80, epochs=1)
+    cfg["budget"] = {"trials": 2}
+    cfg["scheduler"] = None
+    cfg["sampler"] = {"type": "random", "seed": 0}
+    summary = run_search(cfg, progress=False)
+    assert summary.counts["done"] == 2, summary.counts
+
+
+def test_tc1_nci60_example_runs_at_a_smaller_size(tmp_path):
+    """examples/tc1_nci60.yaml on the real NCI60 data, 1 trial of 2 epochs on 500 genes."""
+    pytest.importorskip("ISLP", reason="NCI60 ships in ISLP (pip install --no-deps ISLP)")
+    import yaml
+
+    from candle.workflow.study import run_study
+
+    cfg = yaml.safe_load((EXAMPLES / "tc1_nci60.yaml").read_text())
+    cfg["directory"] = str(tmp_path / "tc1")
+    cfg["params"].update(epochs=2, feature_subsample=500)
+    cfg["grid"] = {"learning_rate": [0.001]}
+    cfg["repeats"] = 1
+    summary = run_study(cfg, progress=False)
+    assert summary.counts["done"] == 1, summary.counts
