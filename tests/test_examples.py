@@ -108,3 +108,30 @@ def test_tc1_nci60_example_runs_at_a_smaller_size(tmp_path):
     cfg["repeats"] = 1
     summary = run_study(cfg, progress=False)
     assert summary.counts["done"] == 1, summary.counts
+
+
+@pytest.mark.distributed
+@pytest.mark.skipif(
+    bool(_HOROVOD) or find_launcher("horovodrun") is None,
+    reason=_HOROVOD or "horovodrun is not on PATH",
+)
+@pytest.mark.parametrize(
+    ("model", "args"),
+    [
+        ("nt3", ["feature_subsample=200", "synthetic_samples=80"]),
+        ("uno", ["feature_subsample=16", "synthetic_samples=200", "dense=[32]"]),
+    ],
+)
+def test_reference_models_train_under_horovodrun(tmp_path, model, args):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CANDLE_", "HOROVOD_"))}
+    cmd = [find_launcher("horovodrun"), "-np", "2", "-H", "localhost:2", "--gloo"]
+    cmd += [sys.executable, "-m", "candle", "train", "--trainer", model, *args]
+    cmd += ["epochs=1", "dense_feature_layers=[32]"] if model == "uno" else ["epochs=1"]
+    cmd += [f"run_dir={tmp_path / 'run'}", "progress_bar=false", "tensorboard=false"]
+    r = subprocess.run(
+        cmd, capture_output=True, text=True, env=env, timeout=300, start_new_session=True
+    )
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert result["status"] == "completed"
+    assert "HorovodStrategy" in (tmp_path / "run" / "train.log").read_text()
