@@ -78,6 +78,7 @@ class TDAParams(Params):
     tensorboard: bool = False
 
     def validate(self) -> None:
+        super().validate()  # a params class mixed in after this one checks its own fields
         if self.test_fraction + self.val_fraction >= 1.0:
             raise ConfigError(
                 f"test_fraction + val_fraction must be < 1, got {self.test_fraction} + "

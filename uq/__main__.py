@@ -12,10 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
-
-from candle.errors import CandleError, ConfigError
 
 
 def _summary_lines(report: dict) -> list[str]:
@@ -80,21 +77,11 @@ def _report(argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__)
-        return 0
-    try:
-        if argv[0] == "report":
-            return _report(argv[1:])
-        return _run(argv)
-    except ConfigError as e:
-        print(f"candle.uq: configuration error: {e}", file=sys.stderr)
-        return 2
-    except CandleError as e:
-        print(f"candle.uq: {type(e).__name__}: {e}", file=sys.stderr)
-        return 1
+    from candle.workflow._cli import workflow_main
+
+    return workflow_main(
+        argv, prog="candle.uq", doc=__doc__, run=_run, commands={"report": _report}
+    )
 
 
 if __name__ == "__main__":

@@ -41,13 +41,13 @@ from typing import Any
 from candle.errors import ConfigError
 from candle.workflow.store import Store, TrialRecord
 from candle.workflow.study import (
+    ListSource,
     Proposal,
     Study,
     StudyConfig,
     StudySummary,
     load_study_config,
 )
-from candle.workflow.trial import TrialOutcome
 
 __all__ = ["UQConfig", "UQSource", "load_uq_config", "run_uq"]
 
@@ -207,14 +207,12 @@ def load_uq_config(config: str | os.PathLike | Mapping[str, Any]) -> UQConfig:
     return cfg
 
 
-class UQSource:
-    """The engine's trial source for a UQ study: a fixed list of members."""
+class UQSource(ListSource):
+    """The engine's trial source for a UQ study: a fixed list of members, each run once."""
 
     def __init__(self, cfg: UQConfig):
         self.cfg = cfg
-        self._all = self._members()
-        self._next = 0
-        self._taken: set[str] = set()
+        super().__init__(self._members())
 
     def _members(self) -> list[Proposal]:
         cfg, base = self.cfg, int(self.cfg.study.params.get("seed", 0))
@@ -270,34 +268,6 @@ class UQSource:
             params = {**base, **{k: v for k, v in t.params.items() if k not in _RUN_KEYS}}
             out.append((t, params))
         return out
-
-    # ------------------------------------------------------------------ engine interface
-    def __len__(self) -> int:
-        return len(self._all)
-
-    def proposals(self) -> list[Proposal]:
-        return list(self._all)
-
-    def restore(self, trials: list[TrialRecord]) -> None:
-        self._taken = {t.key for t in trials if t.key}
-
-    def ask(self, n: int) -> list[Proposal]:
-        out = []
-        while len(out) < n and self._next < len(self._all):
-            p = self._all[self._next]
-            self._next += 1
-            if p.key not in self._taken:
-                out.append(p)
-        return out
-
-    def tell(self, trial: TrialRecord, outcome: TrialOutcome | None) -> None:
-        pass
-
-    def exhausted(self) -> bool:
-        return self._next >= len(self._all)
-
-    def next_stop(self, trial: TrialRecord, outcome: TrialOutcome) -> int | None:
-        return 0  # members run in one segment
 
 
 def run_uq(

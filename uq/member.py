@@ -84,6 +84,7 @@ class UQParams(Params):
     label_flip: float = param(0.0, min=0.0, max=1.0, help="fraction of class labels flipped")
 
     def validate(self) -> None:
+        super().validate()  # a params class mixed in after this one checks its own fields
         levels = self.quantile_levels
         if self.head == "quantile" and (
             len(levels) < 2 or any(not 0 < q < 1 for q in levels) or sorted(levels) != levels

@@ -54,6 +54,7 @@ from candle.workflow.trial import Resources, TrialOutcome, TrialSpec
 __all__ = [
     "WAIT",
     "GridSource",
+    "ListSource",
     "Proposal",
     "Study",
     "StudyConfig",
@@ -256,32 +257,18 @@ class TrialSource(Protocol):
         ...
 
 
-class GridSource:
-    """The explicit ``trials`` list, then the ``grid`` product, each ``repeats`` times.
+class ListSource:
+    """A fixed list of proposals, each run once (their keys identify them in the store).
 
-    Keys are ``t<index>``; repeats after the first get ``seed + r``. Segments continue by
-    ``segment_epochs`` until the run's ``epochs``.
+    New trials run in segments of ``segment_epochs`` (0: to their end). What :class:`GridSource`
+    and the UQ driver's source are.
     """
 
-    def __init__(self, cfg: StudyConfig):
-        settings = [dict(t) for t in cfg.trials]
-        if cfg.grid:
-            names = sorted(cfg.grid)
-            for combo in itertools.product(*(cfg.grid[n] for n in names)):
-                settings.append(dict(zip(names, combo, strict=True)))
-        if not settings:
-            settings = [{}]  # just the fixed params
-        base_seed = int(cfg.params.get("seed", 0))
-        self._all: list[Proposal] = []
-        for r in range(cfg.repeats):
-            for s in settings:
-                params = dict(s)
-                if cfg.repeats > 1:
-                    params.setdefault("seed", int(s.get("seed", base_seed)) + r)
-                self._all.append(Proposal(params, key=f"t{len(self._all)}"))
+    def __init__(self, proposals: list[Proposal], segment_epochs: int = 0):
+        self._all = list(proposals)
         self._next = 0
         self._taken: set[str] = set()
-        self.segment_epochs = cfg.segment_epochs
+        self.segment_epochs = segment_epochs
 
     def __len__(self) -> int:
         return len(self._all)
@@ -309,6 +296,32 @@ class GridSource:
 
     def next_stop(self, trial: TrialRecord, outcome: TrialOutcome) -> int | None:
         return outcome.epoch + self.segment_epochs if self.segment_epochs else 0
+
+
+class GridSource(ListSource):
+    """The explicit ``trials`` list, then the ``grid`` product, each ``repeats`` times.
+
+    Keys are ``t<index>``; repeats after the first get ``seed + r``. Segments continue by
+    ``segment_epochs`` until the run's ``epochs``.
+    """
+
+    def __init__(self, cfg: StudyConfig):
+        settings = [dict(t) for t in cfg.trials]
+        if cfg.grid:
+            names = sorted(cfg.grid)
+            for combo in itertools.product(*(cfg.grid[n] for n in names)):
+                settings.append(dict(zip(names, combo, strict=True)))
+        if not settings:
+            settings = [{}]  # just the fixed params
+        base_seed = int(cfg.params.get("seed", 0))
+        proposals: list[Proposal] = []
+        for r in range(cfg.repeats):
+            for s in settings:
+                params = dict(s)
+                if cfg.repeats > 1:
+                    params.setdefault("seed", int(s.get("seed", base_seed)) + r)
+                proposals.append(Proposal(params, key=f"t{len(proposals)}"))
+        super().__init__(proposals, cfg.segment_epochs)
 
 
 # --------------------------------------------------------------------------- driver
