@@ -200,20 +200,10 @@ class IsotonicRecalibration:
         return IsotonicRecalibrated(prediction, self)
 
 
-class IsotonicRecalibrated:
-    """A predictive distribution with CDF ``R(F(y))``: ``F`` the base posterior's CDF and ``R``
-    a fitted :class:`IsotonicRecalibration`.
+class _Recalibrated:
+    """What a recalibrated prediction keeps of its base: shape and moments, unchanged."""
 
-    ``cdf``, ``quantile`` and ``interval`` are recalibrated (``quantile(q) =
-    F^-1(R^-1(q))``). ``mean``, ``variance``, ``stddev``, ``aleatoric`` and ``epistemic`` are
-    the base posterior's, unchanged: the recalibration corrects probabilities and intervals,
-    it does not re-estimate moments. There is no density, so metrics that need one (NLL,
-    CRPS) are computed on the base posterior.
-    """
-
-    def __init__(self, base: Any, recalibration: IsotonicRecalibration) -> None:
-        self.base = base
-        self.recalibration = recalibration
+    base: Any
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -233,6 +223,22 @@ class IsotonicRecalibrated:
     @property
     def stddev(self) -> torch.Tensor:
         return self.base.stddev
+
+
+class IsotonicRecalibrated(_Recalibrated):
+    """A predictive distribution with CDF ``R(F(y))``: ``F`` the base posterior's CDF and ``R``
+    a fitted :class:`IsotonicRecalibration`.
+
+    ``cdf``, ``quantile`` and ``interval`` are recalibrated (``quantile(q) =
+    F^-1(R^-1(q))``). ``mean``, ``variance``, ``stddev``, ``aleatoric`` and ``epistemic`` are
+    the base posterior's, unchanged: the recalibration corrects probabilities and intervals,
+    it does not re-estimate moments. There is no density, so metrics that need one (NLL,
+    CRPS) are computed on the base posterior.
+    """
+
+    def __init__(self, base: Any, recalibration: IsotonicRecalibration) -> None:
+        self.base = base
+        self.recalibration = recalibration
 
     @property
     def aleatoric(self) -> torch.Tensor:
@@ -347,7 +353,7 @@ class SplitConformal:
         return ConformalPrediction(prediction, self)
 
 
-class ConformalPrediction:
+class ConformalPrediction(_Recalibrated):
     """A prediction whose ``interval(level)`` comes from a fitted :class:`SplitConformal`.
 
     ``mean``, ``variance`` and ``stddev`` are the base prediction's. Conformal calibration
@@ -357,25 +363,6 @@ class ConformalPrediction:
     def __init__(self, base: Any, conformal: SplitConformal) -> None:
         self.base = base
         self.conformal = conformal
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return self.base.shape
-
-    def __len__(self) -> int:
-        return len(self.base)
-
-    @property
-    def mean(self) -> torch.Tensor:
-        return self.base.mean
-
-    @property
-    def variance(self) -> torch.Tensor:
-        return self.base.variance
-
-    @property
-    def stddev(self) -> torch.Tensor:
-        return self.base.stddev
 
     def interval(self, level: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Conformal interval at ``level`` (default: the conformal object's), each `n x o`."""
