@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import datetime
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -306,6 +307,18 @@ class DDPStrategy:
         """Destroy the process group if ``setup`` created it (one someone else made is left to
         them); a later ``setup`` joins a fresh one."""
         if self._owns_group and dist.is_initialized():
+            if self.world_size > 1:
+                # Every rank reaches this point before any closes its connections: a gloo rank
+                # whose peer tore down while it was still finishing the last collective aborted
+                # at exit ("terminate called without an active exception"). Bounded, so a rank
+                # whose peer died still gets out.
+                try:
+                    if dist.get_backend() == "gloo":
+                        dist.monitored_barrier(timeout=datetime.timedelta(seconds=10))
+                    else:
+                        dist.barrier()
+                except Exception as e:  # a peer that died: nothing left to wait for
+                    log.warning("rank %d: barrier before shutdown failed (%s)", self.rank, e)
             dist.destroy_process_group()
         self._owns_group = False
 
