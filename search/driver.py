@@ -37,6 +37,7 @@ from candle.workflow.study import (
     StudyConfig,
     StudySummary,
     load_study_config,
+    read_study_file,
 )
 from candle.workflow.trial import TrialOutcome
 
@@ -111,17 +112,7 @@ class SearchConfig:
 
 def load_search_config(config: str | os.PathLike | Mapping[str, Any]) -> SearchConfig:
     """Split a study file into the engine's part and the search part; check both."""
-    if isinstance(config, Mapping):
-        data, source = dict(config), None
-    else:
-        from candle.workflow.study import _read_file
-
-        path = Path(config)
-        if not path.is_file():
-            raise ConfigError(f"search file {path} does not exist")
-        data, source = _read_file(path), path
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source or 'search'}: a search file must be a mapping")
+    data, source = read_study_file(config, "search")
     search = {k: data.pop(k) for k in list(data) if k in _SEARCH_KEYS}
     if "grid" in data or "trials" in data:
         raise ConfigError(

@@ -33,12 +33,10 @@ name or size fails before any trial starts.
 
 from __future__ import annotations
 
-import copy
 import difflib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -46,7 +44,7 @@ import numpy as np
 from candle.errors import ConfigError
 from candle.tda._splits import split_groups
 from candle.tda.metrics import LOWER_IS_BETTER, metric_names
-from candle.workflow.study import StudyConfig, load_study_config
+from candle.workflow.study import StudyConfig, load_study_config, read_study_file
 
 __all__ = ["SECTIONS", "PlannedTrial", "TDAPlan", "load_plan", "plan_trials"]
 
@@ -101,18 +99,8 @@ def _int(where: str, value: Any, low: int) -> int:
 def load_plan(config: str | os.PathLike | Mapping[str, Any]) -> TDAPlan:
     """Split a plan file into the engine's study and the plan sections; check both (the parts
     that need no data: the data-dependent checks are in :func:`plan_trials`)."""
-    if isinstance(config, Mapping):
-        data, source = copy.deepcopy(dict(config)), None
-    else:
-        from candle.workflow.study import _read_file
-
-        path = Path(config)
-        if not path.is_file():
-            raise ConfigError(f"plan file {path} does not exist")
-        data, source = _read_file(path), path
+    data, source = read_study_file(config, "plan")
     where = str(source or "plan")
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: a plan file must be a mapping of keys")
     sections = {k: data.pop(k) for k in list(data) if k in SECTIONS}
     data_section = data.pop("data", None) or {}
     for key in ("grid", "trials", "repeats"):

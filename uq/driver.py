@@ -47,6 +47,7 @@ from candle.workflow.study import (
     StudyConfig,
     StudySummary,
     load_study_config,
+    read_study_file,
 )
 
 __all__ = ["UQConfig", "UQSource", "load_uq_config", "run_uq"]
@@ -181,17 +182,7 @@ class UQConfig:
 
 def load_uq_config(config: str | os.PathLike | Mapping[str, Any]) -> UQConfig:
     """Split a UQ study file into the engine's part and the UQ part; check both."""
-    if isinstance(config, Mapping):
-        data, source = dict(config), None
-    else:
-        from candle.workflow.study import _read_file
-
-        path = Path(config)
-        if not path.is_file():
-            raise ConfigError(f"UQ study file {path} does not exist")
-        data, source = _read_file(path), path
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source or 'uq'}: a UQ study file must be a mapping")
+    data, source = read_study_file(config, "UQ study")
     uq = {k: data.pop(k) for k in list(data) if k in _UQ_KEYS}
     for key in ("grid", "trials", "repeats", "segment_epochs"):
         if key in data:

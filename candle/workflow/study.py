@@ -31,6 +31,7 @@ Other workflows (search, UQ, training data analysis) drive the same engine with 
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import itertools
 import json
@@ -61,6 +62,7 @@ __all__ = [
     "StudySummary",
     "TrialSource",
     "load_study_config",
+    "read_study_file",
     "run_study",
 ]
 
@@ -192,6 +194,26 @@ def load_study_config(config: str | os.PathLike | Mapping[str, Any]) -> StudyCon
         **times,
     )
     return cfg
+
+
+def read_study_file(
+    config: str | os.PathLike | Mapping[str, Any], what: str = "study"
+) -> tuple[dict[str, Any], Path | None]:
+    """A workflow file's top-level mapping (YAML, JSON or TOML) and its path, or a deep copy of
+    a given mapping and None. ``what`` ("search", "UQ study", "plan") names the file in errors.
+    Search, UQ and training data analysis split their sections off this before the engine's
+    :func:`load_study_config` checks the rest."""
+    if isinstance(config, Mapping):
+        return copy.deepcopy(dict(config)), None
+    path = Path(config)
+    if not path.is_file():
+        raise ConfigError(f"{what} file {path} does not exist")
+    data = _read_file(path)
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{path}: a {what} file must be a mapping of keys, got {type(data).__name__}"
+        )
+    return data, path
 
 
 def _read_file(path: Path) -> Any:
