@@ -35,7 +35,8 @@ class TabularParams(UQParams):
     batch_size: int = 100
     # The recipe's 0.01 overfits these 282 training points: over the diabetes splits 0-9 the
     # 5-member NLL was 5.54 at 0.01 and 5.41 at 0.001 (linear model: 5.44); 0.001 was then
-    # confirmed on splits 10-19 (5.43 vs linear 5.48). See benchmarks/README.md, uq_diabetes.
+    # confirmed on splits 10-19 (5.43 vs linear 5.48), in an exploratory in-process run; see
+    # benchmarks/README.md, uq_diabetes (rerun with --learning-rate 0.01 to compare).
     learning_rate: float = 0.001
 
 
