@@ -66,7 +66,9 @@ class LegacyParams(Params):
     ``*_default_model.txt`` files: ``model_name`` (our ``experiment``), ``save`` and
     ``save_path`` (``output_dir``), ``timeout`` (``time_limit``, seconds), ``verbose``
     (``progress_bar``), ``learning_rate = None`` (the optimizer's Keras default), ``base_lr``,
-    ``data_url`` and ``solr_root`` (both recorded, not used)."""
+    ``data_url`` and ``solr_root`` (both recorded, not used). Also the data seeds shared by the
+    models: ``synthetic_seed`` and ``split_seed``, apart from ``seed``, so that the trials of an
+    ensemble or a search that differ in ``seed`` see the same data."""
 
     experiment: str = base_field("experiment", aliases=("model_name",))
     output_dir: str = base_field("output_dir", aliases=("save_path", "save"))
@@ -82,6 +84,13 @@ class LegacyParams(Params):
         "nothing, fetch the files and point `data` at their folder",
     )
     solr_root: str = param("", help="CANDLE's run-monitor address; recorded only (not used)")
+    synthetic_seed: int = param(
+        0,
+        min=0,
+        help="seed of the synthetic data: every trial sees the same data (seed sets "
+        "the weights and the sample order)",
+    )
+    split_seed: int = param(0, min=0, help="seed of the validation split, where it is random")
     initialization: str = param(
         "glorot_uniform",
         choices=INITIALIZERS,
@@ -90,6 +99,7 @@ class LegacyParams(Params):
     )
 
     def validate(self) -> None:
+        super().validate()  # a workflow's params mixed in after these check their own fields
         if self.learning_rate is None:  # as CANDLE: base_lr, else the optimizer's default
             self.learning_rate = self.base_lr or KERAS_LEARNING_RATES[self.optimizer]
 

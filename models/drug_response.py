@@ -79,6 +79,9 @@ class ResponseParams(LegacyParams):
     synthetic_samples: int = param(20000, min=10, help="synthetic data: response rows")
     synthetic_cells: int = param(500, min=2, help="synthetic data: cell lines")
     synthetic_drugs: int = param(200, min=2, help="synthetic data: drugs")
+    synthetic_sources: int = param(
+        1, min=1, help="synthetic data: studies the cell lines are dealt to (a Source column)"
+    )
     optimizer: str = base_field("optimizer", "adam")
     # the original said None: Keras' default for Adam
     learning_rate: float | None = base_field("learning_rate", 0.001)
@@ -114,7 +117,8 @@ def _stack(width: int, layers: list[int], p: ResponseParams) -> tuple[nn.Sequent
 
 class ResponseNet(nn.Module):
     """``forward(inputs)``: a dict of ``b x width`` tensors, one per input name
-    (``cell.rnaseq``, ``drug1.descriptors``, ``dose1``, ...) -> predictions ``b``.
+    (``cell.rnaseq``, ``drug1.descriptors``, ``dose1``, ...) -> predictions ``b`` (or
+    ``b x outputs`` when ``outputs`` is given: a UQ member's head, a TDA regression).
 
     Args:
         inputs: input name -> feature type (``drug2.descriptors`` -> ``drug.descriptors``;
@@ -122,7 +126,13 @@ class ResponseNet(nn.Module):
         widths: feature type -> number of features.
     """
 
-    def __init__(self, inputs: dict[str, str], widths: dict[str, int], p: ResponseParams):
+    def __init__(
+        self,
+        inputs: dict[str, str],
+        widths: dict[str, int],
+        p: ResponseParams,
+        outputs: int | None = None,
+    ):
         super().__init__()
         self.inputs = dict(inputs)
         self.towers = nn.ModuleDict()  # keys: the feature type with "_" for "."
@@ -134,14 +144,16 @@ class ResponseNet(nn.Module):
             else:
                 encoded[kind] = widths[kind]
         self.head, width = _stack(sum(encoded[k] for k in inputs.values()), p.dense, p)
-        self.out = nn.Linear(width, 1)
+        self.out = nn.Linear(width, outputs or 1)
+        self.squeeze = outputs is None
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         encoded = []
         for name, kind in self.inputs.items():
             key = kind.replace(".", "_")
             encoded.append(self.towers[key](inputs[name]) if key in self.towers else inputs[name])
-        return self.out(self.head(torch.cat(encoded, dim=-1))).squeeze(-1)
+        out = self.out(self.head(torch.cat(encoded, dim=-1)))
+        return out.squeeze(-1) if self.squeeze else out
 
 
 # --------------------------------------------------------------------------- trainer
@@ -180,7 +192,7 @@ class ResponseTrainer(Trainer):
             parts = synthetic_response_data(p, *self.spec[:2], widths, self.optional_drug2)
         else:
             parts = read_response_data(p, *self.spec, self.optional_drug2)
-        tables, index, inputs, y = parts
+        tables, index, inputs, y, sources = parts
         for kind, table in tables.items():
             table = scale(table, how=p.scaling)[0]
             if kind.startswith("drug."):  # a zero row last: index -1 is "no second drug"
@@ -194,29 +206,37 @@ class ResponseTrainer(Trainer):
                     scaled[given] = scale(values[given], how=p.scaling)[0]
                 values = scaled
             index[name] = torch.from_numpy(values)
-        return ResponseData(tables, index, inputs, torch.from_numpy(y))
+        return ResponseData(tables, index, inputs, torch.from_numpy(y), sources=sources)
+
+    def build_network(self, outputs: int | None = None) -> ResponseNet:
+        """The network for this data, with ``outputs`` outputs (None: one, squeezed)."""
+        data, p = self.dataset, self.params
+        return initialize(ResponseNet(data.inputs, data.widths, p, outputs), p.initialization)
 
     def build_model(self) -> nn.Module:
-        data = self.dataset
-        return initialize(
-            ResponseNet(data.inputs, data.widths, self.params), self.params.initialization
+        return self.build_network()
+
+    def holdout(self, rows: torch.Tensor, fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """``rows`` (of the whole data set) split into (kept, held out) by ``partition_by``:
+        random rows, or whole cell lines (or first drugs), ``fraction`` of them held out."""
+        p, data = self.params, self.dataset
+        first = {name.split(".")[0]: ids for name, ids in data.index.items()}
+        by = {"cell": "cell", "disjoint": "cell", "drug": "drug1"}.get(p.partition_by)
+        groups = first[by][rows].numpy() if by else None  # index/overlapping: random rows
+        parts = split_indices(
+            len(rows),
+            kind="random" if groups is None else "grouped",
+            seed=p.split_seed,
+            fractions=(1 - fraction, fraction),
+            groups=groups,
         )
+        return rows[parts["train"]], rows[parts["test"]]
 
     def build_data(self):
-        p, data = self.params, self.dataset
-        first = {name.split(".")[0]: rows for name, rows in data.index.items()}
-        by = {"cell": "cell", "disjoint": "cell", "drug": "drug1"}.get(p.partition_by)
-        groups = first[by] if by else None  # index/overlapping: random rows
-        parts = split_indices(
-            len(data),
-            kind="random" if groups is None else "grouped",
-            seed=p.seed,
-            fractions=(1 - p.val_split, p.val_split),
-            groups=None if groups is None else groups.numpy(),
-        )
-        train, val = data.subset(parts["train"]), data.subset(parts["test"])
-        self.val_variance = max(float(data.y[val.rows].var(unbiased=False)), 1e-12)
-        return train, val
+        data = self.dataset
+        train, val = self.holdout(torch.arange(len(data)), self.params.val_split)
+        self.val_variance = max(float(data.y[val].var(unbiased=False)), 1e-12)
+        return data.subset(train), data.subset(val)
 
     def training_step(self, batch):
         x, y = batch

@@ -146,8 +146,11 @@ class ConvClassifier(nn.Module):
         return self.net(x.unsqueeze(1) if self.has_conv else x)
 
 
-def build_network(p: NT3Params, features: int) -> ConvClassifier:
-    net = ConvClassifier(features, p.conv, p.pool, p.dense, p.classes, p.activation, p.dropout)
+def build_network(p: NT3Params, features: int, outputs: int | None = None) -> ConvClassifier:
+    """The network of ``p`` on ``features`` inputs, with ``outputs`` outputs (default
+    ``p.classes``; a UQ member asks for its head's width)."""
+    classes = outputs or p.classes
+    net = ConvClassifier(features, p.conv, p.pool, p.dense, classes, p.activation, p.dropout)
     return initialize(net, p.initialization)
 
 
@@ -228,7 +231,9 @@ class NT3(Trainer):
         p = self.params
         if p.data == "synthetic":
             features = p.feature_subsample or ORIGINAL_FEATURES
-            x, y = synthetic_classes(p.synthetic_samples, features, p.classes, seed=p.seed)
+            x, y = synthetic_classes(
+                p.synthetic_samples, features, p.classes, seed=p.synthetic_seed
+            )
             n_val = max(1, round(len(x) * p.val_split))
             x_tr, y_tr, x_va, y_va = x[n_val:], y[n_val:], x[:n_val], y[:n_val]
         else:

@@ -104,9 +104,12 @@ def _dense_stack(widths: list[int], p: P1B1Params) -> nn.Sequential:
 
 class AutoEncoder(nn.Module):
     """``forward(x: b x features)`` -> (reconstruction ``b x features``, code mean
-    ``b x latent``, code log-variance ``b x latent`` or None for the plain autoencoder)."""
+    ``b x latent``, code log-variance ``b x latent`` or None for the plain autoencoder).
 
-    def __init__(self, features: int, p: P1B1Params):
+    With ``outputs``, the decoder ends in that many raw outputs instead (no output
+    activation): the head of a UQ member, e.g. a mean and a variance per gene."""
+
+    def __init__(self, features: int, p: P1B1Params, outputs: int | None = None):
         super().__init__()
         widths = [features, *p.dense]
         self.encoder = _dense_stack(widths, p)
@@ -121,8 +124,8 @@ class AutoEncoder(nn.Module):
         back = [p.latent_dim, *reversed(p.dense)]
         self.decoder = nn.Sequential(
             _dense_stack(back, p),
-            nn.Linear(back[-1], features),
-            activation(p.out_activation),
+            nn.Linear(back[-1], outputs or features),
+            activation("linear" if outputs else p.out_activation),
         )
 
     def forward(self, x: torch.Tensor):
@@ -137,8 +140,8 @@ class AutoEncoder(nn.Module):
         return self.decoder(z), mean, log_var
 
 
-def build_network(p: P1B1Params, features: int) -> AutoEncoder:
-    return initialize(AutoEncoder(features, p), p.initialization)
+def build_network(p: P1B1Params, features: int, outputs: int | None = None) -> AutoEncoder:
+    return initialize(AutoEncoder(features, p, outputs), p.initialization)
 
 
 def correlation(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -181,7 +184,9 @@ class P1B1(Trainer):
         p = self.params
         if p.data == "synthetic":
             x = synthetic_expression(
-                p.synthetic_samples, p.feature_subsample or ORIGINAL_FEATURES, seed=p.seed
+                p.synthetic_samples,
+                p.feature_subsample or ORIGINAL_FEATURES,
+                seed=p.synthetic_seed,
             )
             n_val = max(1, round(len(x) * p.val_split))
             x_tr, x_va = x[n_val:], x[:n_val]

@@ -43,12 +43,14 @@ class ResponseData(Dataset):
             ``n x 1`` float32 values themselves.
         inputs: input name -> feature type (doses: ``dose``).
         y: ``n`` float32 responses.
+        sources: ``n`` study labels (the response table's ``Source``), or None.
     """
 
     supports_batch_indexing = True  # candle's loader then asks for whole batches at once
 
-    def __init__(self, tables, index, inputs, y, rows=None):
+    def __init__(self, tables, index, inputs, y, rows=None, sources=None):
         self.tables, self.index, self.inputs, self.y = tables, index, inputs, y
+        self.sources = sources
         self.rows = torch.arange(len(y)) if rows is None else torch.as_tensor(rows)
 
     def __len__(self) -> int:
@@ -63,7 +65,9 @@ class ResponseData(Dataset):
         return x, self.y[rows]
 
     def subset(self, rows) -> ResponseData:
-        return ResponseData(self.tables, self.index, self.inputs, self.y, self.rows[rows])
+        return ResponseData(
+            self.tables, self.index, self.inputs, self.y, self.rows[rows], self.sources
+        )
 
     @property
     def widths(self) -> dict[str, int]:
@@ -91,8 +95,9 @@ def _feature_table(folder: str, kind: str, keep: int) -> tuple[dict[str, int], n
 
 def read_response_data(
     p: ResponseParams, drugs: int, doses: bool, target: str, optional_drug2: bool = False
-) -> tuple[dict, dict, dict, np.ndarray]:
-    """(tables, index, inputs, y) of the files in ``p.data``; see the module docstring.
+) -> tuple[dict, dict, dict, np.ndarray, np.ndarray | None]:
+    """(tables, index, inputs, y, sources) of the files in ``p.data``; see the module
+    docstring. ``sources`` is the ``Source`` column (as strings), or None without one.
 
     With ``optional_drug2``, a row without ``Drug2`` (or a table without the column) is a
     single-drug experiment: its second drug's index is -1 and its ``Dose2`` NaN."""
@@ -147,7 +152,8 @@ def read_response_data(
         dose = numeric(frame[[column]], path, "dose", missing_ok=optional)[keep]
         index[f"dose{j}"], inputs[f"dose{j}"] = dose, "dose"
     y = numeric(frame[[target]], path, "response")[keep, 0]
-    return tables, index, inputs, y
+    sources = frame["Source"].astype(str).to_numpy()[keep] if "Source" in frame.columns else None
+    return tables, index, inputs, y, sources
 
 
 def synthetic_response_data(
@@ -157,12 +163,15 @@ def synthetic_response_data(
     widths: dict[str, int],
     optional_drug2: bool = False,
     factors: int = 3,
-) -> tuple[dict, dict, dict, np.ndarray]:
-    """(tables, index, inputs, y) with a planted signal: each cell line and drug has
+) -> tuple[dict, dict, dict, np.ndarray, np.ndarray | None]:
+    """(tables, index, inputs, y, sources) with a planted signal: each cell line and drug has
     ``factors`` hidden properties, its feature tables are noisy random projections of them,
     and the response is ``tanh(sum over drugs of cell' M drug - sum of doses)`` plus noise.
-    With ``optional_drug2``, half the experiments are single-drug ones (index -1, dose NaN)."""
-    rng = np.random.default_rng(p.seed)
+    With ``optional_drug2``, half the experiments are single-drug ones (index -1, dose NaN).
+    With ``p.synthetic_sources`` = k > 1 the cell lines are dealt to k studies (``study1``...),
+    and an experiment's source is its cell line's study (as studies screen different cell
+    lines); otherwise ``sources`` is None."""
+    rng = np.random.default_rng(p.synthetic_seed)
     n = p.synthetic_samples
     hidden = {
         "cell": rng.normal(size=(p.synthetic_cells, factors)),
@@ -198,4 +207,8 @@ def synthetic_response_data(
         dose[~used[:, j]] = np.nan
         index[f"dose{j + 1}"], inputs[f"dose{j + 1}"] = dose.astype(np.float32)[:, None], "dose"
     y = np.tanh(signal) + rng.normal(scale=0.05, size=n)
-    return tables, index, inputs, y.astype(np.float32)
+    sources = None
+    if p.synthetic_sources > 1:
+        study = rng.permutation(p.synthetic_cells) % p.synthetic_sources + 1
+        sources = np.array([f"study{k}" for k in study])[cells]
+    return tables, index, inputs, y.astype(np.float32), sources

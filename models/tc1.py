@@ -76,7 +76,7 @@ class TC1(NT3):
         parts = split_indices(
             len(x),
             kind="stratified",
-            seed=p.seed,
+            seed=p.split_seed,
             fractions=(1 - p.val_split, p.val_split),
             labels=labels,
         )

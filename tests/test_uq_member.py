@@ -228,3 +228,57 @@ def test_bad_load_data(tmp_path):
 def test_read_predictions_names_a_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="no member predictions"):
         read_predictions(tmp_path / PREDICTIONS)
+
+
+# --------------------------------------------------------------------------- several inputs
+
+
+class TwoInputs(ToyRegression):
+    """ToyRegression's data as a dict: the feature, and an integer id the model ignores."""
+
+    def build_model(self):
+        inner = super().build_model()
+
+        class Net(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.inner = inner
+
+            def forward(self, x):
+                assert x["id"].dtype == torch.long  # integer inputs are left as they are
+                return self.inner(x["value"])
+
+        return Net()
+
+    def load_data(self):
+        splits = super().load_data()
+        return tuple(({"value": x, "id": torch.arange(len(x))}, y) for x, y in splits)
+
+
+def test_dict_inputs_train_predict_and_perturb(tmp_path):
+    t = _member(tmp_path, TwoInputs, epochs=40, mc_samples=2, dropout=0.1)
+    plain = _member(tmp_path, epochs=40, mc_samples=2, dropout=0.1)
+    a, b = t.fit(), plain.fit()
+    pred = read_predictions(a.run_dir / PREDICTIONS)
+    same = read_predictions(b.run_dir / PREDICTIONS)
+    assert pred["test_mean"].shape == (2, 60, 1)
+    # the same data, seed and network as the single-input member: the same predictions
+    assert np.allclose(pred["test_mean"], same["test_mean"], rtol=1e-5, atol=1e-4)
+    for kw in ({"feature_noise": 0.5, "data_seed": 2}, {"bootstrap": True}, {"subsample": 0.5}):
+        d = _member(tmp_path, TwoInputs, **kw).uq_data
+        ref = _member(tmp_path, **kw).uq_data
+        assert torch.equal(d.x["train"]["value"], ref.x["train"])  # same draws as one tensor
+        assert torch.equal(d.y["train"], ref.y["train"])
+        ids = d.x["train"]["id"]
+        assert ids.dtype == torch.long  # no noise on integer inputs: rows, still whole ids
+        assert set(ids.tolist()) <= set(range(180))
+
+
+def test_dict_inputs_with_unequal_rows_are_refused(tmp_path):
+    class Ragged(ToyRegression):
+        def load_data(self):
+            x = {"a": torch.zeros(4, 1), "b": torch.zeros(3, 1)}
+            return (x, torch.zeros(4)), (x, torch.zeros(4))
+
+    with pytest.raises(ConfigError, match=r"train split's inputs.*'a': 4, 'b': 3"):
+        _ = _member(tmp_path, Ragged).uq_data

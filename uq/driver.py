@@ -274,6 +274,7 @@ def run_uq(
     :func:`candle.uq.analysis.analyze` then turns the members' predictions into metrics.
     """
     from candle.cli import import_trainer
+    from candle.models import trainer_path
     from candle.uq.member import UQTrainer
     from candle.workflow.study import _trainer_path
 
@@ -281,6 +282,7 @@ def run_uq(
     study_cfg = cfg.study
     if executor_override:
         study_cfg.executor = executor_override
+    study_cfg.trainer = trainer_path(study_cfg.trainer, workflow="uq")  # nt3: its UQ member
     cls = import_trainer(_trainer_path(study_cfg))
     if not (isinstance(cls, type) and issubclass(cls, UQTrainer)):
         raise ConfigError(

@@ -1,7 +1,9 @@
 """The ensemble member: a Trainer whose model predicts a distribution.
 
 Subclass :class:`UQTrainer`, implement ``build_model()`` ending in
-``nn.Linear(h, self.head_outputs)`` and ``load_data()``; the rest is provided::
+``nn.Linear(h, self.head_outputs)`` and ``load_data()``; the rest is provided. Inputs are one
+tensor per sample or, for a model with several inputs, a dict of tensors (the model's
+``forward`` then takes the dict)::
 
     class Diabetes(UQTrainer):
         def build_model(self):
@@ -38,10 +40,11 @@ from typing import Any
 import numpy as np
 import torch
 from torch.nn import functional as F
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset
 
 from candle.checkpoint import atomic_write_bytes
 from candle.config import Params, param
+from candle.data.rows import Inputs, RowDataset, map_inputs, num_rows, take_rows
 from candle.errors import ConfigError
 from candle.trainer import FitResult, Trainer
 from candle.uq.heads import (
@@ -103,10 +106,10 @@ class UQParams(Params):
 
 @dataclass
 class UQData:
-    """The member's splits as tensors: ``x`` is ``n x d``; ``y`` is ``n x o`` (regression,
-    standardized for training) or ``n`` (class indices). ``raw`` keeps unperturbed targets."""
+    """The member's splits as tensors: ``x`` is ``n x ...`` (or a dict of such tensors); ``y`` is
+    ``n x o`` (regression, standardized for training) or ``n`` (class indices)."""
 
-    x: dict[str, torch.Tensor]
+    x: dict[str, Inputs]
     y: dict[str, torch.Tensor]
     outputs: int  # o for regression, c (classes) for classification
     target_mean: torch.Tensor  # o (zeros for classification)
@@ -121,7 +124,8 @@ class UQTrainer(Trainer):
 
     def load_data(self) -> Any:
         """``(train, val, test)`` (or a dict with those keys; ``test`` optional), each an
-        ``(x, y)`` pair of arrays/tensors or a Dataset of ``(x, y)`` samples."""
+        ``(x, y)`` pair of arrays/tensors (``x`` may be a dict of them) or a Dataset of
+        ``(x, y)`` samples (read whole, once)."""
         raise NotImplementedError(f"{type(self).__name__} must define load_data()")
 
     # ------------------------------------------------------------------ provided hooks
@@ -139,16 +143,21 @@ class UQTrainer(Trainer):
 
     def build_data(self) -> dict[str, Dataset]:
         d = self.uq_data
-        return {s: TensorDataset(d.x[s], d.y[s]) for s in d.x}
+        return {s: RowDataset(d.x[s], d.y[s]) for s in d.x}
+
+    def head_forward(self, x: Inputs, model: torch.nn.Module | None = None) -> torch.Tensor:
+        """The raw head outputs (``n x head_outputs``) of ``model`` (default ``self.model``)
+        at ``x``. Override it when the model returns more than the head, e.g. a tuple."""
+        return (self.model if model is None else model)(x)
 
     def training_step(self, batch: Any) -> torch.Tensor:
         x, y = batch
-        return self._loss(self.model(x), y)
+        return self.head_loss(self.head_forward(x), y)
 
     def validation_step(self, batch: Any) -> dict[str, torch.Tensor]:
         x, y = batch
-        out = self.model(x)
-        metrics = {"loss": self._loss(out, y)}
+        out = self.head_forward(x)
+        metrics = {"loss": self.head_loss(out, y)}
         if self.params.head == "classification":
             metrics["accuracy"] = (out.argmax(-1) == y).float().mean()
         elif self.params.head == "gaussian":
@@ -167,8 +176,9 @@ class UQTrainer(Trainer):
 
     # ------------------------------------------------------------------ predictions
     @torch.no_grad()
-    def predict_distribution(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The model's predictive distribution at ``x`` (``n x d``) in original units.
+    def predict_distribution(self, x: Inputs) -> dict[str, torch.Tensor]:
+        """The model's predictive distribution at ``x`` (``n x d``, or a dict of tensors of
+        ``n`` rows) in original units.
 
         Returns ``mean`` and ``var`` (``k x n x o``), or ``quantiles`` (``k x n x q x o``), or
         ``logits`` (``k x n x c``); ``k`` is ``mc_samples`` with MC dropout, else 1.
@@ -179,7 +189,10 @@ class UQTrainer(Trainer):
         bs = p.eval_batch_size or max(p.batch_size, 1024)
 
         def forward() -> torch.Tensor:
-            outs = [model(x[i : i + bs].to(device)).float().cpu() for i in range(0, len(x), bs)]
+            outs = []
+            for i in range(0, num_rows(x), bs):
+                batch = map_inputs(take_rows(x, slice(i, i + bs)), lambda t: t.to(device))
+                outs.append(self.head_forward(batch, model).float().cpu())
             return torch.cat(outs)
 
         if p.mc_samples:
@@ -219,7 +232,8 @@ class UQTrainer(Trainer):
         return atomic_write_bytes(path, buffer.getvalue())
 
     # ------------------------------------------------------------------ internals
-    def _loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def head_loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The head's loss of raw outputs ``out`` for (standardized) targets ``y``."""
         p = self.params
         if p.head == "classification":
             return F.cross_entropy(out, y)
@@ -281,28 +295,42 @@ class UQTrainer(Trainer):
                 mean, std = torch.zeros(outputs), torch.ones(outputs)
             for name in y:
                 y[name] = ((y[name].double() - mean) / std).float()
-        for name in x:
-            x[name] = x[name].float()
+        for name in x:  # floating inputs as float32; integer ones (e.g. ids) as they are
+            x[name] = map_inputs(x[name], lambda t: t.float() if t.is_floating_point() else t)
         x["train"], y["train"] = self._perturb(x["train"], y["train"], outputs)
         return UQData(x, y, outputs, mean.double(), std.double(), y_was_1d)
 
-    def _perturb(
-        self, x: torch.Tensor, y: torch.Tensor, classes: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The training split after ``subsample``, ``bootstrap`` and the noise parameters."""
+    def _perturb(self, x: Inputs, y: torch.Tensor, classes: int) -> tuple[Inputs, torch.Tensor]:
+        """The training split after ``subsample``, ``bootstrap`` and the noise parameters.
+        Feature noise applies to floating-point inputs (every tensor of a dict)."""
         p = self.params
         gen = torch.Generator().manual_seed(1_000_003 * p.data_seed + 17)
-        n = len(x)
-        x_std = x.std(0, keepdim=True) if n > 1 else torch.ones_like(x[:1])
+        n = num_rows(x)
+
+        def spread(t: torch.Tensor) -> torch.Tensor:
+            if not t.is_floating_point():
+                return t
+            return t.std(0, keepdim=True) if n > 1 else torch.ones_like(t[:1])
+
+        x_std = map_inputs(x, spread)
         if p.subsample < 1.0:
             keep = max(1, round(p.subsample * n))
             idx = torch.randperm(n, generator=gen)[:keep].sort().values
-            x, y, n = x[idx], y[idx], keep
+            x, y, n = take_rows(x, idx), y[idx], keep
         if p.bootstrap:
             idx = torch.randint(n, (n,), generator=gen)
-            x, y = x[idx], y[idx]
+            x, y = take_rows(x, idx), y[idx]
         if p.feature_noise:
-            x = x + p.feature_noise * x_std * torch.randn(x.shape, generator=gen)
+
+            def noisy(t: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+                if not t.is_floating_point():
+                    return t
+                return t + p.feature_noise * std * torch.randn(t.shape, generator=gen)
+
+            if isinstance(x, dict):
+                x = {name: noisy(t, x_std[name]) for name, t in x.items()}
+            else:
+                x = noisy(x, x_std)
         if p.label_noise:  # targets are standardized: one unit is one target std
             y = y + p.label_noise * torch.randn(y.shape, generator=gen)
         if p.label_flip:
@@ -313,21 +341,34 @@ class UQTrainer(Trainer):
         return x, y
 
 
-def _tensors(split: Any, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _tensor(a: Any) -> torch.Tensor:
+    return a if torch.is_tensor(a) else torch.as_tensor(np.asarray(a))
+
+
+def _tensors(split: Any, name: str) -> tuple[Inputs, torch.Tensor]:
     if isinstance(split, Dataset) and not isinstance(split, (tuple, list)):
-        if len(split) == 0:  # type: ignore[arg-type]
+        size = len(split)  # type: ignore[arg-type]
+        if size == 0:
             raise ConfigError(f"load_data(): the {name} split is empty")
-        batch = next(iter(DataLoader(split, batch_size=len(split))))  # type: ignore[arg-type]
-        split = batch
+        if getattr(split, "supports_batch_indexing", False):
+            split = split[list(range(size))]  # the whole split in one read
+        else:
+            split = next(iter(DataLoader(split, batch_size=size)))
     if not isinstance(split, (tuple, list)) or len(split) != 2:
         raise ConfigError(
             f"load_data(): the {name} split must be an (x, y) pair or a Dataset of (x, y), got "
             f"{type(split).__name__}"
         )
-    x, y = (torch.as_tensor(np.asarray(a) if not torch.is_tensor(a) else a) for a in split)
-    if len(x) != len(y):
-        raise ConfigError(f"load_data(): the {name} split has {len(x)} inputs but {len(y)} targets")
-    if len(x) == 0:
+    x, y = split
+    x = {str(k): _tensor(v) for k, v in x.items()} if isinstance(x, dict) else _tensor(x)
+    y = _tensor(y)
+    try:
+        n = num_rows(x)
+    except ValueError as e:
+        raise ConfigError(f"load_data(): the {name} split's inputs: {e}") from None
+    if n != len(y):
+        raise ConfigError(f"load_data(): the {name} split has {n} inputs but {len(y)} targets")
+    if n == 0:
         raise ConfigError(f"load_data(): the {name} split is empty")
     return x, y
 
