@@ -120,6 +120,7 @@ def test_tc1_nci60_example_runs_at_a_smaller_size(tmp_path):
     [
         ("nt3", ["feature_subsample=200", "synthetic_samples=80"]),
         ("uno", ["feature_subsample=16", "synthetic_samples=200", "dense=[32]"]),
+        ("p1b1", ["model=vae", "batch_normalization=true", "feature_subsample=60", "dense=[32,8]"]),
     ],
 )
 def test_reference_models_train_under_horovodrun(tmp_path, model, args):
