@@ -47,13 +47,20 @@ SCALINGS = ("maxabs", "minmax", "std", "none")
 _UNSET = object()
 
 
-def base_field(name: str, default: Any = _UNSET, aliases: tuple[str, ...] = ()) -> Any:
-    """:class:`~candle.Params`' own field ``name`` again (same help, range and names), with
-    another ``default`` (a model's original setting) and/or extra (legacy CANDLE) names."""
-    field = next(f for f in dataclasses.fields(Params) if f.name == name)
+def field_of(cls: type, name: str, default: Any = _UNSET, aliases: tuple[str, ...] = ()) -> Any:
+    """The params class ``cls``'s field ``name`` again (same help, range and names), with
+    another ``default`` and/or extra names: to restate a field in a params class that mixes
+    two (a model's and a workflow's) and must say whose meaning wins."""
+    field = next(f for f in dataclasses.fields(cls) if f.name == name)
     meta = {**field.metadata, "aliases": (*field.metadata.get("aliases", ()), *aliases)}
     value = field.default if default is _UNSET else default
     return dataclasses.field(default=value, metadata=meta)
+
+
+def base_field(name: str, default: Any = _UNSET, aliases: tuple[str, ...] = ()) -> Any:
+    """:class:`~candle.Params`' own field ``name`` again, with another ``default`` (a model's
+    original setting) and/or extra (legacy CANDLE) names."""
+    return field_of(Params, name, default, aliases)
 
 
 # Keras' default learning rates, used when a legacy config says `learning_rate = None`

@@ -26,7 +26,6 @@ define with the UQ meaning (``loss``; ``head`` where the model's default head di
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +36,7 @@ from candle.config import param
 from candle.data.rows import take_rows
 from candle.data.splits import split_indices
 from candle.models import nt3, p1b1
+from candle.models._common import field_of
 from candle.models.combo import Combo, ComboParams
 from candle.models.nt3 import NT3, NT3Params
 from candle.models.p1b1 import P1B1, P1B1Params
@@ -65,14 +65,6 @@ class MemberParams(UQParams):
     )
 
 
-def uq_field(name: str, default: Any = None) -> Any:
-    """:class:`MemberParams`' field ``name`` again (same help and range), optionally with
-    another ``default``."""
-    field = next(f for f in dataclasses.fields(MemberParams) if f.name == name)
-    value = field.default if default is None else default
-    return dataclasses.field(default=value, metadata=field.metadata)
-
-
 def holdout_pairs(x: Any, y: torch.Tensor, fraction: float, seed: int, stratify: bool):
     """``((x, y) kept, (x, y) held out)``: a ``fraction`` of the rows, at random or stratified
     by the class labels ``y``."""
@@ -92,8 +84,8 @@ def holdout_pairs(x: Any, y: torch.Tensor, fraction: float, seed: int, stratify:
 
 @dataclass
 class NT3MemberParams(NT3Params, MemberParams):
-    head: str = uq_field("head", "classification")
-    loss: str = uq_field("loss")
+    head: str = field_of(UQParams, "head", "classification")
+    loss: str = field_of(UQParams, "loss")
 
 
 class NT3Member(UQTrainer, NT3):
@@ -113,8 +105,8 @@ class NT3Member(UQTrainer, NT3):
 
 @dataclass
 class TC1MemberParams(TC1Params, NT3MemberParams):
-    head: str = uq_field("head", "classification")
-    loss: str = uq_field("loss")
+    head: str = field_of(UQParams, "head", "classification")
+    loss: str = field_of(UQParams, "loss")
 
 
 class TC1Member(NT3Member, TC1):
@@ -128,7 +120,7 @@ class TC1Member(NT3Member, TC1):
 
 @dataclass
 class P1B1MemberParams(P1B1Params, MemberParams):
-    loss: str = uq_field("loss")
+    loss: str = field_of(UQParams, "loss")
 
 
 class P1B1Member(UQTrainer, P1B1):
@@ -179,7 +171,7 @@ class _ResponseMember(UQTrainer):
 
 @dataclass
 class UnoMemberParams(UnoParams, MemberParams):
-    loss: str = uq_field("loss")
+    loss: str = field_of(UQParams, "loss")
 
 
 class UnoMember(_ResponseMember, Uno):
@@ -190,7 +182,7 @@ class UnoMember(_ResponseMember, Uno):
 
 @dataclass
 class ComboMemberParams(ComboParams, MemberParams):
-    loss: str = uq_field("loss")
+    loss: str = field_of(UQParams, "loss")
 
 
 class ComboMember(_ResponseMember, Combo):

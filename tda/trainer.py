@@ -12,6 +12,10 @@ A user subclasses :class:`TDATrainer` and overrides two methods::
         def build_model(self) -> nn.Module:
             return nn.Linear(self.data.x.shape[1], 1)
 
+``x`` is one ``n x d`` array, or a dict of ``n x d_k`` arrays (``name -> array``) for a model
+whose ``forward`` takes a dict of tensors (several inputs: cell and drug features, say); its
+batches are then ``({name: b x d_k}, y)``.
+
 The base class does the rest, from the trial's parameters (:class:`TDAParams`, set by a plan):
 
 - ``build_data()`` splits every group's rows into fixed test / validation / training-pool
@@ -21,10 +25,10 @@ The base class does the rest, from the trial's parameters (:class:`TDAParams`, s
   ``subset_seed``; nested across sizes), validates on the validation rows of the training
   groups, and keeps the test rows of EVERY group. Features (and regression targets) are
   standardized with the mean and standard deviation of the training pools of all groups of the
-  split: the same for every trial of a split (no test row is used), so a pretrained model and
-  its fine-tuned copy see the same scale. ``init_from`` (a trial directory or a checkpoint
-  file) starts the model from that run's best weights (fine-tuning); a resumed trial then
-  continues from its own checkpoint as usual.
+  split (per column; each input of a dict on its own): the same for every trial of a split (no
+  test row is used), so a pretrained model and its fine-tuned copy see the same scale.
+  ``init_from`` (a trial directory or a checkpoint file) starts the model from that run's best
+  weights (fine-tuning); a resumed trial then continues from its own checkpoint as usual.
 - ``training_step`` / ``validation_step`` / ``predict_step`` default to mean squared error
   (regression; ``y`` is ``n x o``) or cross-entropy (classification; the model gives ``n x C``
   logits, or ``n x 1`` for two classes); ``predict_step`` returns class probabilities. Override
@@ -42,6 +46,7 @@ The split and subset rules are in :mod:`candle.tda._splits`.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -49,11 +54,11 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 from torch.nn import functional as F
-from torch.utils.data import TensorDataset
 
 from candle.callbacks import Callback
 from candle.checkpoint import CheckpointManager
 from candle.config import Params, param
+from candle.data.rows import Inputs, RowDataset, map_inputs, take_rows
 from candle.errors import CheckpointError, ConfigError
 from candle.tda._splits import GroupSplit, check_groups, split_groups, training_subset
 from candle.tda._tasks import TASKS
@@ -88,22 +93,40 @@ class TDAParams(Params):
 
 @dataclass
 class GroupedData:
-    """A whole data set: ``x`` (``n x d``), ``y`` (``n`` or ``n x o`` targets, class indices
-    ``0..C-1`` for classification) and ``groups`` (``n`` labels: study, cell line, tissue...;
-    None = one group "all")."""
+    """A whole data set: ``x`` (``n x d``, or a dict ``name -> n x d_k`` for a model with
+    several inputs), ``y`` (``n`` or ``n x o`` targets, class indices ``0..C-1`` for
+    classification) and ``groups`` (``n`` labels: study, cell line, tissue...; None = one group
+    "all")."""
 
-    x: np.ndarray
+    x: np.ndarray | dict[str, np.ndarray]
     y: np.ndarray
     groups: np.ndarray | None = None
 
     def __post_init__(self) -> None:
-        self.x = np.asarray(self.x, dtype=np.float32)
         self.y = np.asarray(self.y)
-        n = self.x.shape[0]
-        if self.x.ndim != 2:
-            raise ConfigError(f"load_data(): x must be n x d, got shape {self.x.shape}")
-        if self.y.shape[0] != n:
-            raise ConfigError(f"load_data(): x has {n} rows but y has {self.y.shape[0]}")
+        if isinstance(self.x, Mapping):
+            n = self.y.shape[0]
+            if not self.x:
+                raise ConfigError("load_data(): x is an empty dict; give at least one input")
+            self.x = {str(k): np.asarray(a, dtype=np.float32) for k, a in self.x.items()}
+            rows = {name: a.shape[0] if a.ndim else 0 for name, a in self.x.items()}
+            for name, a in self.x.items():
+                if a.ndim != 2:
+                    raise ConfigError(
+                        f"load_data(): input {name!r} of x must be n x d, got shape {a.shape}"
+                    )
+                if a.shape[0] != n:
+                    raise ConfigError(
+                        f"load_data(): input {name!r} of x has {a.shape[0]} rows but y has {n}; "
+                        f"every input needs one row per target (rows per input: {rows})"
+                    )
+        else:
+            self.x = np.asarray(self.x, dtype=np.float32)
+            n = self.x.shape[0]
+            if self.x.ndim != 2:
+                raise ConfigError(f"load_data(): x must be n x d, got shape {self.x.shape}")
+            if self.y.shape[0] != n:
+                raise ConfigError(f"load_data(): x has {n} rows but y has {self.y.shape[0]}")
         groups = np.full(n, "all") if self.groups is None else np.asarray(self.groups)
         if groups.shape != (n,):
             raise ConfigError(f"load_data(): groups must hold {n} labels, got {groups.shape}")
@@ -141,6 +164,11 @@ def _scale(a: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     mean = a[rows].mean(0)
     std = a[rows].std(0)
     return mean, np.where(std > 0, std, 1.0)
+
+
+def _standardized(a: np.ndarray, rows: np.ndarray, stats: tuple[Any, Any]) -> torch.Tensor:
+    mean, std = stats
+    return torch.as_tensor((a[rows] - mean) / std, dtype=torch.float32)
 
 
 class _WritePredictions(Callback):
@@ -199,7 +227,7 @@ class TDATrainer(Trainer):
         labels = data.y.reshape(-1) if self.task == "classification" else None
         return split_groups(data.groups, p.split_seed, p.test_fraction, p.val_fraction, labels)
 
-    def build_data(self) -> dict[str, TensorDataset]:
+    def build_data(self) -> dict[str, RowDataset]:
         p, data = self.params, self.data
         splits = self.splits()
         check_groups(p.train_groups, splits, "train_groups")
@@ -211,7 +239,11 @@ class TDATrainer(Trainer):
         x, y = data.x, data.y
         if y.ndim == 1 and self.task == "regression":
             y = y[:, None]
-        self._x_stats = _scale(x, pool) if p.standardize else (0.0, 1.0)
+
+        def stats(a: np.ndarray) -> tuple[Any, Any]:
+            return _scale(a, pool) if p.standardize else (0.0, 1.0)
+
+        self._x_stats = {k: stats(a) for k, a in x.items()} if isinstance(x, dict) else stats(x)
         regression = self.task == "regression"
         self._y_stats = _scale(y.astype(np.float64), pool) if p.standardize and regression else None
         self._test_rows = test
@@ -222,16 +254,21 @@ class TDATrainer(Trainer):
             out["val"] = self._dataset(val)
         return out
 
-    def _dataset(self, rows: np.ndarray) -> TensorDataset:
-        mean, std = self._x_stats
-        x = torch.as_tensor((self.data.x[rows] - mean) / std, dtype=torch.float32)
-        y = self.data.y[rows]
+    def _features(self, rows: np.ndarray) -> Inputs:
+        """The standardized features of ``rows``: ``m x d``, or a dict of ``m x d_k``."""
+        x, stats = self.data.x, self._x_stats
+        if isinstance(x, dict):
+            return {k: _standardized(a, rows, stats[k]) for k, a in x.items()}
+        return _standardized(x, rows, stats)
+
+    def _dataset(self, rows: np.ndarray) -> RowDataset:
+        x, y = self._features(rows), self.data.y[rows]
         if self.task == "classification":
-            return TensorDataset(x, torch.as_tensor(y.reshape(-1), dtype=torch.long))
+            return RowDataset(x, torch.as_tensor(y.reshape(-1), dtype=torch.long))
         y = y.reshape(len(rows), -1).astype(np.float64)
         if self._y_stats is not None:
             y = (y - self._y_stats[0]) / self._y_stats[1]
-        return TensorDataset(x, torch.as_tensor(y, dtype=torch.float32))
+        return RowDataset(x, torch.as_tensor(y, dtype=torch.float32))
 
     def _initialize_from(self, where: str) -> None:
         path = Path(where)
@@ -294,12 +331,13 @@ class TDATrainer(Trainer):
         self.model = getattr(wrapped, "module", wrapped)
         was_training = self.model.training
         self.model.eval()
-        dataset = self._dataset(rows)
+        features = self._features(rows)
         size = self.params.eval_batch_size or max(self.params.batch_size, 256)
         outs = []
         try:
             for start in range(0, len(rows), size):
-                x = dataset.tensors[0][start : start + size].to(self.device)
+                x = take_rows(features, slice(start, start + size))
+                x = map_inputs(x, lambda t: t.to(self.device))
                 outs.append(self.predict_step((x,)).float().cpu())
         finally:
             self.model.train(was_training)
