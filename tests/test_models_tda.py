@@ -185,3 +185,14 @@ def test_nt3_with_fewer_classes_than_its_data_is_a_config_error(tmp_path):
         (tmp_path / name).write_text(rows)
     with pytest.raises(CandleError, match="set classes to the number of classes"):
         _ = NT3TDA(data=str(tmp_path), classes=2, **QUIET).data
+
+
+def test_tda_trainers_keep_the_models_defaults():
+    import dataclasses
+
+    nt3, tc1, p1b1 = NT3TDA().params, TC1TDA().params, P1B1TDA().params
+    assert (nt3.optimizer, nt3.batch_size, nt3.epochs) == ("sgd", 20, 400)  # the original's
+    assert (tc1.learning_rate, tc1.classes, p1b1.batch_size) == (0.01, 36, 100)
+    assert not nt3.tensorboard  # a plan runs many small trials
+    (split_seed,) = (f for f in dataclasses.fields(UnoTDA.params_class) if f.name == "split_seed")
+    assert "every group" in split_seed.metadata["help"]  # TDA's meaning of the shared name
