@@ -35,7 +35,6 @@ from candle.models._common import field_of, first_features
 from candle.models.combo import Combo, ComboParams
 from candle.models.nt3 import NT3, NT3Params, encode_labels
 from candle.models.p1b1 import P1B1, P1B1Params
-from candle.models.response_data import ResponseData
 from candle.models.tc1 import TC1, TC1Params, load_nci60
 from candle.models.uno import Uno, UnoParams
 from candle.tda import GroupedData, TDAParams, TDATrainer
@@ -162,11 +161,20 @@ class P1B1TDA(TDATrainer, P1B1):
 # --------------------------------------------------------------------------- drug response
 
 
-def grouped_responses(data: ResponseData) -> GroupedData:
-    """Every response row: ``x`` the dict of its inputs (``n x width`` each), ``y`` the
-    response, grouped by study (``data.sources``; None: one group)."""
-    x, y = data[list(range(len(data)))]
-    return GroupedData({name: t.numpy() for name, t in x.items()}, y.numpy(), data.sources)
+class _ResponseTDA(TDATrainer):
+    """Uno and Combo: every response row (``x`` the dict of its inputs, ``n x width`` each),
+    a regression of the response, grouped by study (``dataset.sources``: the ``Source`` column,
+    or ``synthetic_sources``; None: one group)."""
+
+    task = "regression"
+
+    def load_data(self) -> GroupedData:
+        data = self.dataset
+        x, y = data[list(range(len(data)))]
+        return GroupedData({name: t.numpy() for name, t in x.items()}, y.numpy(), data.sources)
+
+    def build_model(self) -> nn.Module:
+        return self.build_network(outputs=1)  # b x 1: TDA's regression targets are n x o
 
 
 @dataclass
@@ -175,18 +183,11 @@ class UnoTDAParams(UnoParams, TDAParams):
     tensorboard: bool = field_of(TDAParams, "tensorboard")
 
 
-class UnoTDA(TDATrainer, Uno):
+class UnoTDA(_ResponseTDA, Uno):
     """Uno's drug response rows (cell, drug and dose inputs), a regression of the growth (or
-    ``agg_dose``) grouped by study: the ``Source`` column, or ``synthetic_sources``."""
+    ``agg_dose``) grouped by study."""
 
     params_class = UnoTDAParams
-    task = "regression"
-
-    def load_data(self) -> GroupedData:
-        return grouped_responses(self.dataset)
-
-    def build_model(self) -> nn.Module:
-        return self.build_network(outputs=1)  # b x 1: TDA's regression targets are n x o
 
 
 @dataclass
@@ -195,15 +196,8 @@ class ComboTDAParams(ComboParams, TDAParams):
     tensorboard: bool = field_of(TDAParams, "tensorboard")
 
 
-class ComboTDA(TDATrainer, Combo):
+class ComboTDA(_ResponseTDA, Combo):
     """Combo's drug pair response rows (cell and both drugs' inputs), a regression of the growth
-    (or ``ComboScore``) grouped by study: the ``Source`` column, or ``synthetic_sources``."""
+    (or ``ComboScore``) grouped by study."""
 
     params_class = ComboTDAParams
-    task = "regression"
-
-    def load_data(self) -> GroupedData:
-        return grouped_responses(self.dataset)
-
-    def build_model(self) -> nn.Module:
-        return self.build_network(outputs=1)  # b x 1: TDA's regression targets are n x o

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from _models_small import NT3_SMALL, RESPONSE_SMALL
 
 from candle.errors import CandleError, ConfigError
 from candle.models.tda import NT3TDA, P1B1TDA, TC1TDA, ComboTDA, UnoTDA
@@ -20,14 +21,6 @@ from candle.tda.report import write_report
 from candle.workflow.store import Store
 
 QUIET = {"progress_bar": False, "metrics_log": "off"}
-NT3_SMALL = {
-    "feature_subsample": 200,
-    "synthetic_samples": 400,
-    "conv": [16, 5, 1, 16, 5, 1],
-    "pool": [1, 5],
-    "dense": [32],
-    "optimizer": "adam",
-}
 P1B1_SMALL = {
     "activation": "tanh",
     "dense": [64, 16],
@@ -35,15 +28,6 @@ P1B1_SMALL = {
     "synthetic_samples": 800,
     "batch_size": 50,
     "learning_rate": 0.003,
-}
-RESPONSE_SMALL = {
-    "feature_subsample": 32,
-    "synthetic_samples": 1500,
-    "synthetic_cells": 60,
-    "synthetic_drugs": 40,
-    "dense_feature_layers": [64, 64],
-    "dense": [64, 64],
-    "batch_size": 64,
 }
 
 

@@ -4,6 +4,7 @@ the models' own defaults survive; ``trainer: uno`` works in a UQ file."""
 
 import json
 
+import _models_small as small
 import numpy as np
 import pytest
 import torch
@@ -16,8 +17,7 @@ from candle.uq.driver import run_uq
 from candle.uq.member import PREDICTIONS, read_predictions
 
 QUIET = {"progress_bar": False, "tensorboard": False, "metrics_log": "off"}
-CONV = {"conv": [16, 5, 1, 16, 5, 1], "pool": [1, 5], "dense": [32], "optimizer": "adam"}
-NT3_SMALL = {"feature_subsample": 200, "synthetic_samples": 400, "epochs": 5, **CONV}
+NT3_SMALL = {**small.NT3_SMALL, "epochs": 5}
 TC1_SMALL = {
     **NT3_SMALL,
     "classes": 6,
@@ -36,16 +36,7 @@ P1B1_SMALL = {
     "epochs": 8,
     "learning_rate": 0.003,
 }
-RESPONSE_SMALL = {
-    "feature_subsample": 32,
-    "synthetic_samples": 1500,
-    "synthetic_cells": 60,
-    "synthetic_drugs": 40,
-    "dense_feature_layers": [64, 64],
-    "dense": [64, 64],
-    "batch_size": 64,
-    "epochs": 4,
-}
+RESPONSE_SMALL = {**small.RESPONSE_SMALL, "epochs": 4}
 
 
 def _fit(tmp_path, cls, **params):
