@@ -5,7 +5,6 @@ reference model plans its trials."""
 import re
 from pathlib import Path
 
-import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
