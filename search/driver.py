@@ -326,13 +326,13 @@ def run_search(
     """Load, check and run a search study; -> the engine's summary."""
     from candle.cli import import_trainer
     from candle.config import params_from_dict
-    from candle.workflow.study import _trainer_path
+    from candle.workflow.study import resolve_trainer
 
     sc = load_search_config(config)
     study_cfg = sc.study
     if executor_override:
         study_cfg.executor = executor_override
-    cls = import_trainer(_trainer_path(study_cfg))
+    cls = import_trainer(resolve_trainer(study_cfg))
     sc.space.check_names(cls.params_class, where=f"{study_cfg.source}: space")
     epochs = params_from_dict(cls.params_class, study_cfg.params, source=study_cfg.source).epochs
     source = SearchSource(sc, max_epochs=epochs)

@@ -99,13 +99,12 @@ def prepare(
     """Load and check a plan, load its data once, and plan every trial (no trial runs)."""
     from candle.cli import import_trainer
     from candle.config import params_from_dict
-    from candle.models import trainer_path
-    from candle.workflow.study import _trainer_path
+    from candle.workflow.study import resolve_trainer
 
     plan = load_plan(config)
     study = plan.study
-    study.trainer = trainer_path(study.trainer, workflow="tda")  # nt3: its TDA trainer
-    cls = import_trainer(_trainer_path(study))
+    study.trainer = resolve_trainer(study, workflow="tda")  # nt3: its TDA trainer
+    cls = import_trainer(study.trainer)
     if not issubclass(cls, TDATrainer):
         raise ConfigError(
             f"{plan.where}: trainer {study.trainer} is a {cls.__mro__[1].__name__} subclass; "

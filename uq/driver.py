@@ -274,16 +274,15 @@ def run_uq(
     :func:`candle.uq.analysis.analyze` then turns the members' predictions into metrics.
     """
     from candle.cli import import_trainer
-    from candle.models import trainer_path
     from candle.uq.member import UQTrainer
-    from candle.workflow.study import _trainer_path
+    from candle.workflow.study import resolve_trainer
 
     cfg = load_uq_config(config)
     study_cfg = cfg.study
     if executor_override:
         study_cfg.executor = executor_override
-    study_cfg.trainer = trainer_path(study_cfg.trainer, workflow="uq")  # nt3: its UQ member
-    cls = import_trainer(_trainer_path(study_cfg))
+    study_cfg.trainer = resolve_trainer(study_cfg, workflow="uq")  # nt3: its UQ member
+    cls = import_trainer(study_cfg.trainer)
     if not (isinstance(cls, type) and issubclass(cls, UQTrainer)):
         raise ConfigError(
             f"{study_cfg.source}: trainer {study_cfg.trainer!r} is not a candle.uq.UQTrainer; "

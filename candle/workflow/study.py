@@ -63,6 +63,7 @@ __all__ = [
     "TrialSource",
     "load_study_config",
     "read_study_file",
+    "resolve_trainer",
     "run_study",
 ]
 
@@ -382,7 +383,7 @@ class Study:
         self.resume = resume
         self.progress = progress
         self.source = source or GridSource(cfg)
-        self.trainer = _trainer_path(cfg)
+        self.trainer = resolve_trainer(cfg)
         self.cwd = os.getcwd()  # trials run here, so relative paths mean what they mean here
         self.monitor, self.mode = monitor, mode
         self._executor = executor
@@ -789,12 +790,14 @@ def _duration_text(seconds: float) -> str:
     return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s" if m else f"{s}s"
 
 
-def _trainer_path(cfg: StudyConfig) -> str:
-    """``module:Class`` as given, or ``file.py:Class`` with the file made absolute (looked for
-    from the current directory, then beside the study file)."""
+def resolve_trainer(cfg: StudyConfig, workflow: str | None = None) -> str:
+    """The study's trainer as ``module:Class``: a registered name looked up (``workflow``, e.g.
+    ``uq`` or ``tda``, picks that workflow's variant of a reference model), ``module:Class`` as
+    given, or ``file.py:Class`` with the file made absolute (looked for from the current
+    directory, then beside the study file)."""
     from candle.models import trainer_path
 
-    path = trainer_path(cfg.trainer)
+    path = trainer_path(cfg.trainer, workflow)
     module, _, name = path.rpartition(":")
     if module.endswith(".py") and not Path(module).is_absolute():
         here = Path(module)
