@@ -49,7 +49,7 @@ def import_trainer(spec: str) -> type:
     from candle.trainer import Trainer
 
     if ":" not in spec:  # a registered model name such as nt3
-        from candle.models import trainer_path
+        from candle.registry import trainer_path
 
         spec = trainer_path(spec)
     module_name, sep, class_name = spec.rpartition(":")

@@ -795,7 +795,7 @@ def resolve_trainer(cfg: StudyConfig, workflow: str | None = None) -> str:
     ``uq`` or ``tda``, picks that workflow's variant of a reference model), ``module:Class`` as
     given, or ``file.py:Class`` with the file made absolute (looked for from the current
     directory, then beside the study file)."""
-    from candle.models import trainer_path
+    from candle.registry import trainer_path
 
     path = trainer_path(cfg.trainer, workflow)
     module, _, name = path.rpartition(":")

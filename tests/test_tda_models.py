@@ -1,4 +1,4 @@
-"""The reference models under training data analysis (candle.models.tda): each adapter trains on
+"""The reference models under training data analysis (candle.tda.models): each adapter trains on
 TDA's split of its whole data set and writes predictions that beat chance on the planted
 signal; plans name them (`trainer: uno`); dict inputs and class counts are checked."""
 
@@ -14,9 +14,9 @@ import yaml
 from _models_small import NT3_SMALL, RESPONSE_SMALL
 
 from candle.errors import CandleError, ConfigError
-from candle.models.tda import NT3TDA, P1B1TDA, TC1TDA, ComboTDA, UnoTDA
 from candle.tda import GroupedData, read_predictions, score
 from candle.tda.driver import run_tda
+from candle.tda.models import NT3TDA, P1B1TDA, TC1TDA, ComboTDA, UnoTDA
 from candle.tda.report import write_report
 from candle.workflow.store import Store
 
@@ -126,7 +126,7 @@ def test_uno_cross_study_plan_by_its_registered_name(tmp_path):
     with Store(tmp_path / "uno" / "study.db", readonly=True) as store:
         trial_dir = Path(store.trials()[0].trial_dir)
     result = json.loads((trial_dir / "result.json").read_text())
-    assert result["trainer"] == "candle.models.tda:UnoTDA"  # `uno` in a plan: the TDA variant
+    assert result["trainer"] == "candle.tda.models:UnoTDA"  # `uno` in a plan: the TDA variant
 
 
 def test_p1b1_learning_curve_plan_improves_with_data(tmp_path):

@@ -1,4 +1,4 @@
-"""The reference models as UQ members (candle.models.uq): every model trains as a member and
+"""The reference models as UQ members (candle.uq.models): every model trains as a member and
 predicts a distribution that fits its planted signal; the splits are the same for every member;
 the models' own defaults survive; ``trainer: uno`` works in a UQ file."""
 
@@ -11,10 +11,10 @@ import torch
 
 from candle import ConfigError
 from candle.models import WORKFLOWS, register, trainer_path
-from candle.models.uq import ComboMember, NT3Member, P1B1Member, TC1Member, UnoMember
 from candle.uq.analysis import analyze
 from candle.uq.driver import run_uq
 from candle.uq.member import PREDICTIONS, read_predictions
+from candle.uq.models import ComboMember, NT3Member, P1B1Member, TC1Member, UnoMember
 
 QUIET = {"progress_bar": False, "tensorboard": False, "metrics_log": "off"}
 NT3_SMALL = {**small.NT3_SMALL, "epochs": 5}
@@ -132,8 +132,8 @@ def test_members_keep_the_models_defaults():
 
 def test_registry_names_each_workflows_variant():
     assert trainer_path("nt3") == "candle.models.nt3:NT3"
-    assert trainer_path("NT3", workflow="uq") == "candle.models.uq:NT3Member"
-    assert trainer_path("uno", workflow="tda") == "candle.models.tda:UnoTDA"
+    assert trainer_path("NT3", workflow="uq") == "candle.uq.models:NT3Member"
+    assert trainer_path("uno", workflow="tda") == "candle.tda.models:UnoTDA"
     assert trainer_path("uno", workflow="search") == "candle.models.uno:Uno"  # no variant
     assert set(WORKFLOWS["uq"]) == set(WORKFLOWS["tda"]) == {"nt3", "tc1", "p1b1", "uno", "combo"}
     try:
