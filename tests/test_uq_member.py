@@ -274,6 +274,16 @@ def test_dict_inputs_train_predict_and_perturb(tmp_path):
         assert set(ids.tolist()) <= set(range(180))
 
 
+def test_a_single_integer_input_becomes_float_features(tmp_path):
+    class Counts(ToyRegression):
+        def load_data(self):
+            return tuple(((x * 10).round().long(), y) for x, y in super().load_data())
+
+    d = _member(tmp_path, Counts, feature_noise=0.5).uq_data
+    assert all(t.dtype == torch.float32 for t in d.x.values())
+    assert not torch.equal(d.x["train"], d.x["train"].round())  # the noise reached it
+
+
 def test_dict_inputs_with_unequal_rows_are_refused(tmp_path):
     class Ragged(ToyRegression):
         def load_data(self):

@@ -295,8 +295,11 @@ class UQTrainer(Trainer):
                 mean, std = torch.zeros(outputs), torch.ones(outputs)
             for name in y:
                 y[name] = ((y[name].double() - mean) / std).float()
-        for name in x:  # floating inputs as float32; integer ones (e.g. ids) as they are
-            x[name] = map_inputs(x[name], lambda t: t.float() if t.is_floating_point() else t)
+        for name, inputs in x.items():  # features as float32; a dict's integer inputs (ids,
+            if isinstance(inputs, dict):  # indices into a table) stay integers
+                x[name] = {k: t.float() if t.is_floating_point() else t for k, t in inputs.items()}
+            else:
+                x[name] = inputs.float()
         x["train"], y["train"] = self._perturb(x["train"], y["train"], outputs)
         return UQData(x, y, outputs, mean.double(), std.double(), y_was_1d)
 
